@@ -156,3 +156,36 @@ def test_round_trip_through_cbor_module():
     for name in EXPECTED:
         msg = EXPECTED[name]
         assert m.from_fields(cbor.loads(cbor.dumps(msg.to_fields()))) == msg
+
+
+def test_event_writer_matches_the_generic_encoder():
+    w = m.EventWriter(7, 3)
+    values = [21.5, 0.25, -3.75, 65504.0, 65520.0, 0.1, 1e-7, 3.0e38, -0.0, 0.0, 2.0 ** -14,
+              2.0 ** -24, 1.0e300, 0, 23, 24, -1, 70000, True, False, "on", b"\x00\x01",
+              {"x": 1.5, "y": -2}]
+    seqs = [0, 23, 24, 255, 256, 65535, 65536, 4294967295, 4294967296]
+    for v in values:
+        for seq in seqs:
+            for skip in (0, 3):
+                n = w.event(seq, seq * 3, "temp", v, skip)
+                want = m.Event(7, 3, seq, seq * 3, "temp", v, skip).encode()
+                assert n == len(want) and bytes(w.view()) == want, (v, seq, skip)
+
+
+def test_event_writer_allocates_nothing_per_event_on_micropython():
+    import sys
+    if sys.implementation.name != "micropython":
+        return  # heap accounting is a MicroPython measurement
+    import gc
+    w = m.EventWriter(7, 3)
+    w.event(1, 1, "temp", 21.5)
+    w.event(1, 1, "temp", 3)
+    gc.collect()
+    gc.disable()
+    before = gc.mem_alloc()
+    for seq in range(100):
+        w.event(seq, 1000 + seq, "temp", 21.5)
+        w.event(seq, 1000 + seq, "temp", 215)
+    used = gc.mem_alloc() - before
+    gc.enable()
+    assert used <= 64, used  # target: at most 64 heap bytes per event; measured 0
