@@ -109,7 +109,7 @@ class Message:
     kind = 0
     # names of the fields after the head, in wire order; the trailing `optional`
     # ones may be missing (default value) on the wire
-    fields = ()
+    fields = ()  # type: tuple
     optional = 0
 
     def to_fields(self):
@@ -483,7 +483,7 @@ class Unknown(Message):
         self.extra = 0
 
 
-KINDS = {
+KINDS = {  # type: dict
     codes.KIND_EVENT: Event,
     codes.KIND_BATCH: Batch,
     codes.KIND_STATUS: Status,
