@@ -1,0 +1,241 @@
+# node.json: the node's configuration, loaded from flash and checked once at boot.
+#
+# Every problem is reported as ConfigError naming the key, what was expected and
+# what was found, e.g.
+#     node.json: sensors[1].period_ms: expected an integer 1..86400000, got -5
+# so a node with a broken file says why on its console instead of failing later.
+# Unknown keys are errors too (a typo would otherwise be silently ignored); keys
+# starting with "_" are comments and are skipped.
+#
+# Schema (defaults in brackets):
+#   node             int 0..2^32-1, required: the node id on the wire
+#   transport        "udp" ["udp"]
+#   wifi             {"ssid": str, "password": str} [empty]; used by board HALs
+#   sensors          [{"topic": str, "kind": str, "period_ms": int, ...params}] [[]]
+#                    kinds and their params: firmware/sensors.py KINDS
+#   bases            [[host, port], ...] [[]]: static subscribers (all topics, no
+#                    rate cap, since 0, never expire)
+#   discovery        {"port": int, "bind": str ["0.0.0.0"]} or null [null]:
+#                    where ANNOUNCEs are received
+#   key              hex string of 16..64 bytes or null [null]: sign every message
+#   status_every_ms  int >= 100 [5000]
+#   firmware         str [FIRMWARE_VERSION]
+#   max_subscribers  int 1..32 [8]
+#   max_events       int >= 1 or null [null]: stop after this many events (tests)
+#   batch_ms         int >= 0 [0]: 0 sends one EVENT per reading; > 0 gathers
+#                    readings for up to batch_ms (at most BATCH_MAX) into BATCHes
+#   float32          bool [false]: round float readings to single precision, as
+#                    on a board (for the CPython/unix simulator)
+#   host_clock       bool [false]: take the time base from the HAL's wall clock
+#                    at boot (unix HAL) instead of waiting for an ANNOUNCE
+import json
+
+from protocol import codes
+from protocol.topics import valid_topic
+from firmware import sensors
+
+FIRMWARE_VERSION = "0.1.0"
+BATCH_MAX = 20
+_MAX_U32 = 4294967295
+
+
+class ConfigError(ValueError):
+    # node.json is missing, not JSON, or holds a bad value
+    pass
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v):
+    return _is_int(v) or isinstance(v, float)
+
+
+def _fail(where, expected, got):
+    raise ConfigError("node.json: %s: expected %s, got %r" % (where, expected, got))
+
+
+def _int(d, key, where, lo, hi, default=None, optional=False):
+    v = d.get(key, default)
+    if v is None and optional:
+        return None
+    if not _is_int(v) or v < lo or v > hi:
+        _fail(where + key, "an integer %d..%d" % (lo, hi), v)
+    return v
+
+
+def _bool(d, key, where, default):
+    v = d.get(key, default)
+    if not isinstance(v, bool):
+        _fail(where + key, "true or false", v)
+    return v
+
+
+def _str(d, key, where, default, limit=64):
+    v = d.get(key, default)
+    if not isinstance(v, str) or len(v) > limit:
+        _fail(where + key, "a string of at most %d characters" % limit, v)
+    return v
+
+
+def _check_keys(d, known, where):
+    for k in d:
+        if not isinstance(k, str):
+            _fail(where, "string keys", k)
+        if k.startswith("_"):
+            continue
+        if k not in known:
+            raise ConfigError("node.json: %sunknown key %r (known: %s)"
+                              % (where, k, ", ".join(sorted(known))))
+
+
+class Config:
+    # plain attributes; see the schema above
+    def __init__(self):
+        self.node = 0
+        self.transport = "udp"
+        self.wifi_ssid = ""
+        self.wifi_password = ""
+        self.sensors = []          # list of dicts, checked, with defaults filled in
+        self.bases = []            # list of (host, port)
+        self.discovery_port = None
+        self.discovery_bind = "0.0.0.0"
+        self.key = None            # bytes or None
+        self.status_every_ms = 5000
+        self.firmware = FIRMWARE_VERSION
+        self.max_subscribers = 8
+        self.max_events = None
+        self.batch_ms = 0
+        self.float32 = False
+        self.host_clock = False
+
+
+_TOP = ("node", "transport", "wifi", "sensors", "bases", "discovery", "key",
+        "status_every_ms", "firmware", "max_subscribers", "max_events", "batch_ms",
+        "float32", "host_clock")
+
+
+def _sensor(spec, i, topics):
+    where = "sensors[%d]." % i
+    if not isinstance(spec, dict):
+        _fail("sensors[%d]" % i, "an object", spec)
+    kind = spec.get("kind")
+    params = sensors.KINDS.get(kind) if isinstance(kind, str) else None
+    if params is None:
+        _fail(where + "kind", "one of " + ", ".join(sorted(sensors.KINDS)), kind)
+        return {}
+    known = ["topic", "kind", "period_ms"]
+    for name in params:
+        known.append(name)
+    _check_keys(spec, known, where)
+    topic = spec.get("topic")
+    if not valid_topic(topic):
+        _fail(where + "topic", "a topic of 1..64 characters without + # or NUL", topic)
+    if topic in topics:
+        _fail(where + "topic", "a topic not used by another sensor", topic)
+    out = {"topic": topic, "kind": kind,
+           "period_ms": _int(spec, "period_ms", where, 1, 86400000, 1000)}
+    for name in params:
+        default = params[name]
+        v = spec.get(name, default)
+        if name == "value":   # the constant kind: any scalar reading
+            if not _is_num(v) and not isinstance(v, (str, bool)):
+                _fail(where + name, "a number, string or boolean", v)
+        elif _is_int(default):
+            if not _is_int(v):
+                _fail(where + name, "an integer", v)
+        elif isinstance(default, float):
+            if not _is_num(v):
+                _fail(where + name, "a number", v)
+        elif not _is_num(v) and not isinstance(v, (str, bool)):
+            _fail(where + name, "a number, string or boolean", v)
+        out[name] = v
+    if "wave_ms" in out and (not _is_int(out["wave_ms"]) or out["wave_ms"] < 1):
+        _fail(where + "wave_ms", "an integer >= 1", out["wave_ms"])
+    if kind == "random" and out["high"] < out["low"]:
+        _fail(where + "high", "a value >= low (%r)" % out["low"], out["high"])
+    return out
+
+
+def from_dict(d):
+    # a decoded node.json -> Config; raises ConfigError
+    if not isinstance(d, dict):
+        _fail("top level", "a JSON object", d)
+    _check_keys(d, _TOP, "")
+    c = Config()
+    if "node" not in d:
+        raise ConfigError("node.json: node: missing (the node id, an integer 0..4294967295)")
+    c.node = _int(d, "node", "", 0, _MAX_U32)
+    c.transport = d.get("transport", "udp")
+    if c.transport != "udp":
+        _fail("transport", '"udp" (the only transport of this firmware)', c.transport)
+    wifi = d.get("wifi")
+    if wifi is not None:
+        if not isinstance(wifi, dict):
+            _fail("wifi", 'an object {"ssid": ..., "password": ...}', wifi)
+        _check_keys(wifi, ("ssid", "password"), "wifi.")
+        c.wifi_ssid = _str(wifi, "ssid", "wifi.", "", 32)
+        c.wifi_password = _str(wifi, "password", "wifi.", "", 64)
+    specs = d.get("sensors", [])
+    if not isinstance(specs, list):
+        _fail("sensors", "a list of sensor objects", specs)
+    topics = []
+    for i in range(len(specs)):
+        s = _sensor(specs[i], i, topics)
+        topics.append(s["topic"])
+        c.sensors.append(s)
+    bases = d.get("bases", [])
+    if not isinstance(bases, list):
+        _fail("bases", "a list of [host, port] pairs", bases)
+    for i in range(len(bases)):
+        b = bases[i]
+        if (not isinstance(b, (list, tuple)) or len(b) != 2 or not isinstance(b[0], str)
+                or not b[0] or not _is_int(b[1]) or not 0 < b[1] < 65536):
+            _fail("bases[%d]" % i, '[host, port] like ["127.0.0.1", %d]' % codes.UDP_PORT, b)
+        c.bases.append((b[0], b[1]))
+    disc = d.get("discovery")
+    if disc is not None:
+        if not isinstance(disc, dict):
+            _fail("discovery", '{"port": %d} or null' % codes.DISCOVERY_PORT, disc)
+        _check_keys(disc, ("port", "bind"), "discovery.")
+        c.discovery_port = _int(disc, "port", "discovery.", 1, 65535, codes.DISCOVERY_PORT)
+        c.discovery_bind = _str(disc, "bind", "discovery.", "0.0.0.0")
+    key = d.get("key")
+    if key is not None:
+        try:
+            import binascii
+            raw = binascii.unhexlify(key)
+        except Exception:
+            raw = None
+        if raw is None or not codes.KEY_MIN_LEN <= len(raw) <= codes.KEY_MAX_LEN:
+            _fail("key", "a hex string of %d..%d bytes, or null" % (codes.KEY_MIN_LEN, codes.KEY_MAX_LEN),
+                  key if isinstance(key, str) and len(key) < 20 else type(key).__name__ + " (not shown)")
+        c.key = raw
+    c.status_every_ms = _int(d, "status_every_ms", "", 100, 86400000, 5000)
+    c.firmware = _str(d, "firmware", "", FIRMWARE_VERSION)
+    c.max_subscribers = _int(d, "max_subscribers", "", 1, 32, 8)
+    c.max_events = _int(d, "max_events", "", 1, 1 << 62, None, True)
+    c.batch_ms = _int(d, "batch_ms", "", 0, 60000, 0)
+    c.float32 = _bool(d, "float32", "", False)
+    c.host_clock = _bool(d, "host_clock", "", False)
+    if not c.bases and c.discovery_port is None:
+        raise ConfigError("node.json: no bases and no discovery: the node would have nobody to send to")
+    return c
+
+
+def parse(text):
+    # node.json text (str or bytes) -> Config; raises ConfigError
+    try:
+        d = json.loads(text)
+    except Exception as e:  # ValueError on both interpreters; keep the message
+        raise ConfigError("node.json: not valid JSON (%s)" % (e,))
+    return from_dict(d)
+
+
+def load(hal, name="node.json"):
+    # read and check node.json from the HAL's flash; raises ConfigError
+    data = hal.read_file(name)
+    if data is None:
+        raise ConfigError("node.json: not found in flash (%s)" % name)
+    return parse(data)

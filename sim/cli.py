@@ -1,0 +1,164 @@
+"""Command line of the simulator: `starling sim ...` (base_station/cli.py) or `python -m sim`.
+
+`add_arguments(parser)` adds the options below to an argparse parser and
+`run(args) -> int` runs a fleet for --duration seconds and writes the summary.
+
+Bases and discovery: nodes always get the --base addresses as static bases (all
+topics, no rate cap, from boot). Without any --base *and* without --discovery the
+default static base 127.0.0.1:5684 is used; with --discovery alone the nodes have no
+static base and wait for ANNOUNCEs. --discovery HOST:PORT (or just PORT) makes nodes
+listen on 0.0.0.0:PORT for ANNOUNCEs; HOST is where bases broadcast to
+(127.255.255.255 on loopback, 255.255.255.255 on a LAN) and is only recorded.
+Impairments (--loss/--dup/--reorder/--delay/--jitter) put a relay in front of each
+static base; traffic to bases found by discovery is not impaired.
+
+Exit status: 0 after a clean run, 2 for bad arguments, 1 when the fleet failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from typing import Any
+
+from protocol import codes
+from sim.fleet import RUNTIMES, Fleet
+
+
+def _hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = default_host, text
+    try:
+        p = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}") from None
+    if not 0 < p < 65536:
+        raise argparse.ArgumentTypeError(f"port out of range in {text!r}")
+    return (host or default_host, p)
+
+
+def _probability(text: str) -> float:
+    try:
+        p = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability, got {text!r}") from None
+    if not 0.0 <= p <= 1.0:
+        raise argparse.ArgumentTypeError(f"a probability is between 0 and 1, got {p}")
+    return p
+
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v}")
+    return v
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the simulator's options to `parser` (see the module docstring)."""
+    g = parser.add_argument_group("fleet")
+    g.add_argument("--nodes", type=int, default=3, metavar="N", help="number of nodes (default 3)")
+    g.add_argument("--first-id", type=int, default=1, metavar="ID", help="id of the first node (default 1)")
+    g.add_argument("--runtime", choices=RUNTIMES, default="micropython",
+                   help="micropython: one unix-port process per node (default); "
+                        "cpython: in-process nodes, for large fleets")
+    g.add_argument("--base", action="append", type=_hostport, default=None, metavar="HOST:PORT",
+                   help=f"static base station (repeatable; default 127.0.0.1:{codes.UDP_PORT} "
+                        "unless --discovery is given)")
+    g.add_argument("--discovery", type=lambda t: _hostport(t, "127.255.255.255"), default=None,
+                   metavar="HOST:PORT", help="nodes listen for ANNOUNCEs on this port")
+    g.add_argument("--rate", type=float, default=1.0, metavar="HZ", help="readings per second per node (default 1)")
+    g.add_argument("--duration", type=_positive, default=10.0, metavar="S", help="seconds to run (default 10)")
+    g.add_argument("--status-every", type=int, default=1000, metavar="MS", help="STATUS period in ms (default 1000)")
+    g.add_argument("--batch-ms", type=int, default=0, metavar="MS", help="send BATCHes gathered over MS (default 0: EVENTs)")
+    g.add_argument("--reboot-every", type=_positive, default=None, metavar="S",
+                   help="reboot a random node every S seconds (graceful: counts stay exact)")
+    g.add_argument("--key-file", default=None, metavar="PATH",
+                   help='JSON {"node_id": "hex key"}: those nodes sign their messages')
+    g.add_argument("--heapsize", default="256K", help="MicroPython heap per node (default 256K)")
+    g.add_argument("--workdir", default=None, help="keep flash directories here (default: temporary, removed)")
+    i = parser.add_argument_group("impairments (a relay in front of each static base)")
+    i.add_argument("--loss", type=_probability, default=0.0, metavar="P")
+    i.add_argument("--dup", type=_probability, default=0.0, metavar="P")
+    i.add_argument("--reorder", type=_probability, default=0.0, metavar="P")
+    i.add_argument("--delay", type=_positive, default=0.0, metavar="MS", help="fixed delay")
+    i.add_argument("--jitter", type=_positive, default=0.0, metavar="MS", help="extra uniform delay 0..MS")
+    i.add_argument("--impair-status", action="store_true", help="also drop/dup/reorder STATUS (breaks exact accounting)")
+    i.add_argument("--seed", type=int, default=0, help="RNG seed for relays and reboots")
+    parser.add_argument("--summary-json", default=None, metavar="PATH", help="write the summary here")
+
+
+def fleet_from_args(args: argparse.Namespace) -> Fleet:
+    """Build (not start) the Fleet described by parsed arguments."""
+    keys: dict[int, str] = {}
+    if args.key_file:
+        with open(args.key_file) as f:
+            keys = {int(k): v for k, v in json.load(f).items()}
+    bases = args.base
+    if bases is None:
+        bases = [] if args.discovery else [("127.0.0.1", codes.UDP_PORT)]
+    return Fleet(
+        args.nodes, runtime=args.runtime, bases=bases,
+        discovery_port=args.discovery[1] if args.discovery else None,
+        rate=args.rate, loss=args.loss, dup=args.dup, reorder=args.reorder,
+        delay_ms=args.delay, jitter_ms=args.jitter, impair_status=args.impair_status,
+        seed=args.seed, keys=keys, first_id=args.first_id, status_every_ms=args.status_every,
+        batch_ms=args.batch_ms, reboot_every=args.reboot_every, heapsize=args.heapsize,
+        workdir=args.workdir,
+    )
+
+
+async def run_async(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the fleet for args.duration seconds (or until SIGINT/SIGTERM); return the summary."""
+    fleet = fleet_from_args(args)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+    try:
+        await fleet.start()
+        try:
+            await asyncio.wait_for(stop.wait(), args.duration)
+        except asyncio.TimeoutError:
+            pass
+    finally:
+        summary = await fleet.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.remove_signal_handler(sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+    return summary
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point for `starling sim`: run, print a one-line-per-node table, write JSON."""
+    try:
+        summary = asyncio.run(run_async(args))
+    except (ValueError, RuntimeError, OSError) as e:
+        print(f"sim: {e}", file=sys.stderr)
+        return 1
+    if args.summary_json:
+        with open(args.summary_json, "w") as f:
+            json.dump(summary, f, indent=1)
+    t = summary["totals"]
+    print(f"{len(summary['nodes'])} nodes ({summary['runtime']}), {summary['duration_s']} s: "
+          f"published {t['published']}, dropped_by_sim {t['dropped_by_sim']}, "
+          f"duplicated_by_sim {t['duplicated_by_sim']}, reboots {summary['reboots']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sim", description="Run a fleet of simulated Starling nodes.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
