@@ -1,0 +1,204 @@
+"""`starling flash` onto a VirtualBoard (the unix port's REPL on a pty, driven by mpremote):
+copy, verify by hash on the board, reset, tail; reboots run main.py; clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from base_station import flash
+from base_station.build import build_bundle
+from base_station.flash import FlashError, flash_bundle
+from protocol import messages
+from sim.virtual_board import VirtualBoard
+
+pytestmark = pytest.mark.slow
+
+NODE = 7
+
+
+@pytest.fixture
+def base():
+    """A UDP socket standing in for the base station."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(5)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def bundle(tmp_path, base) -> Path:
+    cfg = {"node": NODE, "transport": "udp",
+           "sensors": [{"topic": "temp", "kind": "sine", "period_ms": 100}],
+           "bases": [["127.0.0.1", base.getsockname()[1]]]}
+    path = tmp_path / "node.json"
+    path.write_text(json.dumps(cfg))
+    build_bundle("unix", path, tmp_path / "bundle")
+    return tmp_path / "bundle"
+
+
+@pytest.fixture
+def board(tmp_path):
+    with VirtualBoard(tmp_path / "board", log_path=tmp_path / "board.log") as b:
+        yield b
+
+
+def _receive(base: socket.socket, node: int, timeout: float = 5.0) -> list[messages.Message]:
+    """Datagrams from `node` until one EVENT (or BATCH) came in; fails on timeout."""
+    got = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data, _ = base.recvfrom(2048)
+        except socket.timeout:
+            break
+        msg = messages.decode(data)
+        assert msg.node == node
+        got.append(msg)
+        if isinstance(msg, (messages.Event, messages.Batch)):
+            return got
+    pytest.fail("no EVENT from node %d within %.0f s (got %r)" % (node, timeout, got))
+
+
+def test_flash_verify_reset_and_publish(board, bundle, base):
+    # a stale source module on the board would shadow node.mpy: flash must remove it
+    (board.root / "firmware").mkdir()
+    (board.root / "firmware" / "node.py").write_text("raise SystemExit('stale')\n")
+    lines: list[str] = []
+    report = flash_bundle(board.port, bundle, tail=1.5, out=lines.append)
+
+    manifest = json.loads((bundle / "MANIFEST.json").read_text())
+    assert report.platform == "linux" and report.reset == "soft"
+    assert report.verified == len(manifest["files"])
+    assert report.removed == ["/firmware/node.py"]
+    for name in manifest["files"]:     # byte for byte on the board's flash
+        assert (board.root / name).read_bytes() == (bundle / name).read_bytes(), name
+    assert "MPY: soft reboot" in report.tail
+    assert any(line.startswith("  | ") for line in lines)
+
+    # the node runs main.py -> firmware.node from .mpy and publishes to its base
+    first = _receive(base, NODE)
+    epoch = first[-1].epoch
+    assert (board.root / "epoch").read_text().strip() == str(epoch)
+
+    # a hard reset boots again: boot.py, main.py, a new epoch
+    board.reboot()
+    deadline = time.monotonic() + 10
+    while True:
+        msgs = _receive(base, NODE)
+        if msgs[-1].epoch == epoch + 1:
+            break
+        assert time.monotonic() < deadline, "no EVENT of epoch %d after reboot" % (epoch + 1)
+    assert board.boots >= 3   # power on, soft reset after flashing, reboot()
+
+
+def test_reboot_runs_boot_then_main_in_a_sandboxed_root(board):
+    """Board emulation without the firmware: "/" is board.root, boot.py runs before main.py."""
+    root = board.root
+    (root / "boot.py").write_text("import os\nprint('boot ran in', os.getcwd())\n")
+    (root / "main.py").write_text(
+        "import os, sys\n"
+        "f = open('/made-by-main.txt', 'w'); f.write('x'); f.close()\n"
+        "os.rename('/made-by-main.txt', '/renamed.txt')\n"   # unix-port bug worked around
+        "print('main ran', sorted(os.listdir('/')), sys.path)\n")
+    mark = board.mark()
+    board.reboot()
+    out = board.wait_for(r"main ran .*\n", since=mark)
+    assert out.index("boot ran in /") < out.index("main ran")
+    assert "'renamed.txt'" in out and "['', '.frozen', '/lib']" in out
+    assert (root / "renamed.txt").exists()
+    assert not Path("/renamed.txt").exists()
+
+
+def test_plain_mpremote_works_while_main_runs(board):
+    """mpremote without `resume`: Ctrl-C stops main.py, the soft reset is emulated."""
+    (board.root / "main.py").write_text("import time\nwhile True:\n    print('tick')\n    time.sleep(0.05)\n")
+    board.reboot()
+    board.wait_for("tick")
+    for i in range(2):
+        proc = subprocess.run([sys.executable, "-m", "mpremote", "connect", board.port,
+                               "exec", "print(6 * 7)"], capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0 and proc.stdout.strip() == "42", proc.stdout + proc.stderr
+    assert "MPY: soft reboot" in board.output()
+
+
+def test_hash_mismatch_names_the_file(board, bundle, monkeypatch):
+    real = flash._run_mpremote
+
+    def corrupt_after_copy(argv, step, port, timeout):
+        out = real(argv, step, port, timeout)
+        if step == "copy":   # flash wear, a bad cable...: the board now holds other bytes
+            (board.root / "firmware" / "node.mpy").write_bytes(b"M\x06 not what was sent")
+        return out
+
+    monkeypatch.setattr(flash, "_run_mpremote", corrupt_after_copy)
+    with pytest.raises(FlashError) as err:
+        flash_bundle(board.port, bundle, reset="none", out=lambda line: None)
+    assert "hash mismatch for /firmware/node.mpy" in str(err.value)
+
+
+def test_port_missing(bundle, capsys):
+    rc = flash.main(["--port", "/dev/pts/99999", str(bundle)])
+    assert rc == 1
+    assert "port /dev/pts/99999 does not exist" in capsys.readouterr().err
+
+
+def test_port_busy(board, bundle):
+    import serial
+    holder = serial.Serial(board.port, exclusive=True)   # a serial monitor left open
+    try:
+        with pytest.raises(FlashError) as err:
+            flash_bundle(board.port, bundle, out=lambda line: None)
+        assert "is busy" in str(err.value)
+    finally:
+        holder.close()
+
+
+def test_board_not_responding(bundle):
+    master, slave = pty.openpty()     # a port with nothing behind it
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(FlashError) as err:
+            flash_bundle(os.ttyname(slave), bundle, timeout=3, out=lambda line: None)
+        assert "board not responding" in str(err.value)
+        assert time.monotonic() - t0 < 15
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_not_a_bundle(tmp_path, capsys):
+    rc = flash.main(["--port", "/dev/ttyUSB0", str(tmp_path)])
+    assert rc == 1
+    assert "no MANIFEST.json" in capsys.readouterr().err
+
+
+def test_dry_run_lists_the_mpremote_commands(bundle, capsys):
+    rc = flash.main(["--port", "/dev/ttyUSB0", str(bundle), "--dry-run"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    mpremote = "%s -m mpremote connect /dev/ttyUSB0" % sys.executable
+    assert out.count(mpremote) == 4
+    for step in ("# probe", "# prepare", "# copy", "# verify", "# reset"):
+        assert step in out
+    manifest = json.loads((bundle / "MANIFEST.json").read_text())
+    copy_line = next(line for line in out.splitlines() if " fs cp " in line)
+    for name in manifest["files"]:
+        assert str(bundle / name) in copy_line, name
+    assert copy_line.endswith(":/protocol/") and " :/ + " in copy_line and ":/firmware/ + " in copy_line
+
+
+def test_list_and_missing_arguments(capsys):
+    assert flash.main(["--list"]) == 0
+    assert flash.main(["--port", "/dev/ttyUSB0"]) == 2
+    assert flash.main(["/tmp/somewhere"]) == 2
+    assert "--port is required" in capsys.readouterr().err
