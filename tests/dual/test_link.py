@@ -1,0 +1,827 @@
+# protocol/link.py on both interpreters: plain test functions, bare asserts, only imports
+# MicroPython has. Run under MicroPython by tests/mp_runner.py; tests/test_link_props.py
+# reuses the simulator below (Lcg, Wire, Sim, events) on CPython with hypothesis.
+import binascii
+
+from protocol import cbor
+from protocol import codes
+from protocol import messages
+from protocol.framing import FrameDecoder, encode_frame
+from protocol.link import (Link, LinkError, encode_ack, encode_hello, isn, item_end,
+                           DATA_OVERHEAD, MAX_PAYLOAD, SEQ_MASK)
+
+
+def h(text):
+    return binascii.unhexlify(text.replace(" ", ""))
+
+
+def hx(data):
+    return binascii.hexlify(bytes(data)).decode()
+
+
+class Lcg:
+    # Deterministic pseudo-random numbers, identical on both interpreters.
+    def __init__(self, seed):
+        self.x = seed & 0x7FFFFFFF
+
+    def next(self):
+        self.x = (self.x * 1103515245 + 12345) & 0x7FFFFFFF
+        return self.x >> 8
+
+    def below(self, n):
+        return self.next() % n if n > 0 else 0
+
+    def per_mille(self, p):
+        return p > 0 and self.next() % 1000 < p
+
+    def u32(self):
+        return ((self.next() & 0xFFFF) << 16) | (self.next() & 0xFFFF)
+
+
+def _is_data_or_ack(payload):
+    return len(payload) > 1 and payload[1] in (5, 6)
+
+
+class Wire:
+    """One direction of a simulated UART (times in microseconds).
+
+    Models: serialisation at `baud` with 10 bits per byte of the real framed bytes (both
+    delimiters, COBS, CRC), frames queued one after another on the line, a fixed `latency`
+    after the last byte (the receiving node's loop), loss, duplication, corruption (a
+    flipped bit, then real framing decides: normally a CRC error, so the frame is gone),
+    cut periods, and reordering of DATA/ACK frames by an extra random delay (a UART never
+    reorders; the link only promises to survive it within a session). `drop(payload)` can
+    discard chosen frames. Does not model: byte-level splitting of frames, UART buffer
+    overflow, baud-rate error, half-duplex turnaround, or processing time in the links.
+    """
+
+    def __init__(self, rng, baud=115200, latency=2000, loss=0, dup=0, corrupt=0,
+                 reorder=0, reorder_us=20000, drop=None):
+        self.rng = rng
+        self.baud = baud
+        self.latency = latency
+        self.loss = loss
+        self.dup = dup
+        self.corrupt = corrupt
+        self.reorder = reorder
+        self.reorder_us = reorder_us
+        self.drop = drop
+        self.cuts = []            # (start_us, end_us)
+        self.free = 0             # when the line is idle again
+        self.queue = []           # [arrival_us, order, payload]
+        self.order = 0
+        self.line_bytes = 0
+        self.frames = 0
+        self.crc_errors = 0
+        self.log = []             # (send time us, payload) when log_frames is set
+        self.log_frames = False
+
+    def send(self, t, payload):
+        wire = encode_frame(payload)
+        n = len(wire)
+        start = t if t > self.free else self.free
+        self.free = start + n * 10 * 1000000 // self.baud
+        self.line_bytes += n
+        self.frames += 1
+        if self.log_frames:
+            self.log.append((t, bytes(payload)))
+        for c in self.cuts:
+            if c[0] <= start < c[1]:
+                return
+        if self.drop is not None and self.drop(payload):
+            return
+        rng = self.rng
+        if rng.per_mille(self.loss):
+            return
+        if rng.per_mille(self.corrupt):
+            bad = bytearray(wire)
+            i = 1 + rng.below(n - 2)
+            bad[i] ^= 1 << rng.below(8)
+            dec = FrameDecoder()
+            got = dec.feed(bytes(bad))
+            self.crc_errors += dec.crc_errors + dec.malformed
+            if not got:
+                return
+            payload = got[0]
+        arrival = self.free + self.latency
+        if self.reorder and _is_data_or_ack(payload) and rng.per_mille(self.reorder):
+            arrival += 1 + rng.below(self.reorder_us)
+        self.order += 1
+        self.queue.append([arrival, self.order, payload])
+        if rng.per_mille(self.dup):
+            self.order += 1
+            self.queue.append([arrival + 1, self.order, payload])
+
+    def next_arrival(self):
+        best = None
+        for e in self.queue:
+            if best is None or e[0] < best:
+                best = e[0]
+        return best
+
+    def due(self, t):
+        if not self.queue:
+            return []
+        ready = [e for e in self.queue if e[0] <= t]
+        if not ready:
+            return []
+        self.queue = [e for e in self.queue if e[0] > t]
+        ready.sort(key=lambda e: (e[0], e[1]))
+        return [e[2] for e in ready]
+
+
+def event(i, size=0):
+    # A Starling EVENT, optionally with a byte-string value of `size` bytes (zeros included)
+    if size:
+        value = bytes([(i + k) & 0xFF for k in range(size)])
+    else:
+        value = 21.5
+    return messages.Event(7, 1, i, 1000 * i, "temp", value).encode()
+
+
+class Side:
+    # The application on one end: an outbox of messages to offer (tickets are indexes),
+    # what was received, acked and dead-lettered.
+    def __init__(self, msgs=None):
+        self.msgs = msgs or []
+        self.next = 0
+        self.received = []
+        self.acked = []
+        self.dead = []
+        self.paused_until = None  # the app stops polling poll_received until then (ms)
+
+    def pump(self, link):
+        msgs = self.msgs
+        while self.next < len(msgs) and link.offer(msgs[self.next], self.next):
+            self.next += 1
+
+    def first_unacked(self):
+        # an outbox that survives a reboot re-offers from its first unacknowledged message
+        done = {}
+        for t in self.acked:
+            done[t] = True
+        i = 0
+        while i in done:
+            i += 1
+        return i
+
+
+class Sim:
+    """Two links joined by two Wires, a shared clock in microseconds (the links see ms).
+    `clock_base` offsets the ms clock and wraps it at 2**30 like a board's ticks_ms."""
+
+    def __init__(self, a, b, seed=1, clock_base=0, **wire_kw):
+        self.rng = Lcg(seed)
+        self.links = [a, b]
+        self.wires = [Wire(self.rng, **wire_kw), Wire(self.rng, **wire_kw)]  # a->b, b->a
+        self.sides = [Side(), Side()]
+        self.t = 0
+        self.clock_base = clock_base
+        self.check = None        # called after every step with the Sim
+        self.max_in_flight = [0, 0]
+        self.steps = 0
+        self.stop_at = None      # never step past this time (us)
+
+    def now_ms(self):
+        return (self.t // 1000 + self.clock_base) & 0x3FFFFFFF
+
+    def step(self):
+        # one instant: deliver arrivals, let the apps poll and offer, transmit
+        now = self.now_ms()
+        for i in (0, 1):
+            link = self.links[i]
+            side = self.sides[i]
+            for p in self.wires[1 - i].due(self.t):
+                link.feed(p, now)
+            if side.paused_until is None or self.t // 1000 >= side.paused_until:
+                side.received.extend(link.poll_received())
+            side.acked.extend(link.poll_acked())
+            side.dead.extend(link.poll_dead())
+            side.pump(link)
+        for i in (0, 1):
+            link = self.links[i]
+            for p in link.poll_transmit(now):
+                self.wires[i].send(self.t, p)
+            n = len(link._out)
+            if n > self.max_in_flight[i]:
+                self.max_in_flight[i] = n
+        if self.check is not None:
+            self.check(self)
+        self.steps += 1
+
+    def advance(self):
+        # move the clock to the next event: an arrival or a link's timer
+        now = self.now_ms()
+        nxt = None
+        for w in self.wires:
+            a = w.next_arrival()
+            if a is not None and (nxt is None or a < nxt):
+                nxt = a
+        base = self.t // 1000
+        for i in (0, 1):
+            link = self.links[i]
+            w = link.next_wake(now)
+            if self.sides[i].paused_until is not None and base < self.sides[i].paused_until:
+                w = min(w, self.sides[i].paused_until - base)
+            at = (base + (w if w > 0 else 1)) * 1000
+            if nxt is None or at < nxt:
+                nxt = at
+        if self.stop_at is not None and nxt > self.stop_at:
+            nxt = self.stop_at
+        self.t = nxt if nxt > self.t else self.t + 1
+
+    def run_until(self, done, limit_ms):
+        end = limit_ms * 1000
+        while self.t < end:
+            self.step()
+            if done(self):
+                return True
+            self.advance()
+        return False
+
+    def run_for(self, ms):
+        end = self.t + ms * 1000
+        self.stop_at = end
+        while self.t < end:
+            self.step()
+            self.advance()
+        self.stop_at = None
+
+    def transfer(self, msgs_a=None, msgs_b=None, limit_ms=600000):
+        # offer msgs from each side; run until everything is received and acknowledged
+        if msgs_a is not None:
+            self.sides[0].msgs = msgs_a
+        if msgs_b is not None:
+            self.sides[1].msgs = msgs_b
+
+        def done(sim):
+            for i in (0, 1):
+                s = sim.sides[i]
+                if len(s.acked) + len(s.dead) < len(s.msgs):
+                    return False
+                if len(sim.sides[1 - i].received) < len(s.msgs):
+                    return False
+            return True
+
+        return self.run_until(done, limit_ms)
+
+
+def make_pair(seed=1, sa=0x1234, sb=0xBEEF, **kw):
+    rng = Lcg(seed * 7 + 3)
+    a = Link(node=0, hop=0, session=sa, rng=rng.u32, **kw)
+    b = Link(node=7, hop=1, session=sb, rng=rng.u32, **kw)
+    return a, b
+
+
+def dedupe(msgs):
+    seen = {}
+    out = []
+    for m in msgs:
+        if m not in seen:
+            seen[m] = True
+            out.append(m)
+    return out
+
+
+# ------------------------------------------------------------------ CBOR item boundaries
+
+def test_item_end_definite_items():
+    items = [0, 23, 24, 255, 256, 65535, 65536, 4294967296, -1, -500, b"", b"abc",
+             "temp", 1.5, 21.299999237060547, 1e300, True, None, [], [1, [2, [3, "x"]]],
+             {"a": 1, "b": [1, 2]}, {1: b"\x00\x00"}, cbor.Tag(1, 1363896240),
+             [1, 7, 1, 41, 120000, "temp", 21.5]]
+    for v in items:
+        enc = cbor.dumps(v)
+        assert item_end(enc) == len(enc), v
+        assert item_end(enc + b"\x01\x02", 0) == len(enc), v   # trailing data left alone
+        assert item_end(b"\x00" + enc, 1) == len(enc) + 1, v  # from an offset
+        for cut in range(len(enc)):                           # truncated: -1
+            assert item_end(enc[:cut]) == -1, (v, cut)
+
+
+def test_item_end_sequence_and_malformed():
+    seq = cbor.dumps([1, 2]) + cbor.dumps("x") + cbor.dumps(b"\x00")
+    p = 0
+    found = []
+    while p < len(seq):
+        q = item_end(seq, p)
+        assert q > p
+        found.append(cbor.loads(seq[p:q]))
+        p = q
+    assert found == [[1, 2], "x", b"\x00"]
+    assert item_end(b"\x1c") == -1          # reserved additional information
+    assert item_end(b"\xff") == -1          # a break on its own
+    assert item_end(b"\xf8\x10") == -1      # two-byte simple value < 32
+    assert item_end(b"\x9a\x00\x01\x00\x00\x01") == -1  # array of 65536 items in 6 bytes
+    assert item_end(b"\x5b\x00\x00\x00\x01\x00\x00\x00\x00") == -1
+    assert item_end(b"") == -1
+    # indefinite lengths go through cbor.decode_one
+    assert item_end(b"\x9f\x01\x02\xff\x00") == 4
+    assert item_end(b"\x5f\x41\x61\xff") == 4
+    assert item_end(b"\x9f\x01\x02") == -1
+    assert item_end(b"\x82\x9f\xff\x01", 0) == 4
+
+
+# ------------------------------------------------------------------ wire encodings
+
+def test_control_frames_match_messages():
+    for cum, sack, wnd in ((0, 0, 8), (23, 1, 1), (65535, 127, 64), (300, (1 << 63) | 1, 0)):
+        assert encode_ack(cum, sack, wnd) == messages.Ack(cum, sack, wnd).encode()
+        assert messages.decode(encode_ack(cum, sack, wnd)) == messages.Ack(cum, sack, wnd)
+    for s, n, hop, r in ((1, 0, 0, 0), (0xFFFFFFFF, 7, 255, 0x12345678), (24, 65536, 3, 23)):
+        assert encode_hello(s, n, hop, r) == messages.Hello(s, n, hop, r).encode()
+    assert isn(0x1234, 0xBEEF) == (0x1234 + 0xBEEF) & 0xFFFF
+    # a full DATA frame fits the framing layer's limit
+    assert MAX_PAYLOAD == codes.MAX_FRAME - DATA_OVERHEAD
+    full = messages.Data(SEQ_MASK, bytes(MAX_PAYLOAD)).encode()
+    assert len(full) == codes.MAX_FRAME
+    assert isn(0xFFFFFFFF, 0xFFFFFFFF) == 0xFFFE
+
+
+# The worked example of docs/link-section.md: node 7 (session 0x0000BEEF) sends two EVENTs
+# to the base (session 0x00001234) in the first DATA frame of the session (seq = ISN =
+# 0xBEEF + 0x1234 = 0xD123), the base acknowledges it. tests/test_link_props.py checks that
+# these hex strings appear in the document.
+DOC_EVENT_1 = "87 01 07 01 18 29 1a 00 01 d4 c0 64 74 65 6d 70 f9 4d 60"
+DOC_EVENT_2 = "87 01 07 01 18 2a 1a 00 01 d8 a8 64 74 65 6d 70 f9 4d 70"
+DOC_DATA = ("83 06 19 d1 23 58 26 "
+            "87 01 07 01 18 29 1a 00 01 d4 c0 64 74 65 6d 70 f9 4d 60 "
+            "87 01 07 01 18 2a 1a 00 01 d8 a8 64 74 65 6d 70 f9 4d 70")
+DOC_DATA_FRAME = ("00 0f 83 06 19 d1 23 58 26 87 01 07 01 18 29 1a 13 01 d4 c0 64 74 65 6d "
+                  "70 f9 4d 60 87 01 07 01 18 2a 1a 10 01 d8 a8 64 74 65 6d 70 f9 4d 70 "
+                  "0e be 74 9a 00")
+DOC_ACK = "84 05 19 d1 24 00 08"
+DOC_ACK_FRAME = "00 06 84 05 19 d1 24 06 08 2d cd 7f 73 00"
+DOC_HELLO_NODE = "85 07 19 be ef 07 01 00"
+DOC_HELLO_BASE = "85 07 19 12 34 00 00 19 be ef"
+DOC_HELLO_NODE2 = "85 07 19 be ef 07 01 19 12 34"
+
+
+def test_doc_worked_example():
+    e1 = messages.Event(7, 1, 41, 120000, "temp", 21.5).encode()
+    e2 = messages.Event(7, 1, 42, 121000, "temp", 21.75).encode()
+    assert e1 == h(DOC_EVENT_1) and e2 == h(DOC_EVENT_2)
+    base = Link(node=0, hop=0, session=0x1234)
+    node = Link(node=7, hop=1, session=0xBEEF)
+    hello = node.poll_transmit(0)
+    assert hello == [h(DOC_HELLO_NODE)]
+    base.feed(hello[0], 1)
+    reply = base.poll_transmit(1)
+    assert reply == [h(DOC_HELLO_BASE)]
+    node.feed(reply[0], 2)
+    assert node.up
+    assert node.offer(e1, "e41") and node.offer(e2, "e42")
+    out = node.poll_transmit(2)
+    # the confirming HELLO, the ACK advertising the node's window, then the DATA frame
+    assert out[0] == h(DOC_HELLO_NODE2)
+    assert out[1] == h("84 05 19 d1 23 00 08")
+    assert out[2] == h(DOC_DATA)
+    assert encode_frame(out[2]) == h(DOC_DATA_FRAME)
+    for p in out:
+        base.feed(p, 3)
+    assert base.up
+    assert base.poll_received() == [e1, e2]
+    ack = base.poll_transmit(3)
+    assert ack == [h(DOC_ACK)]
+    assert encode_frame(ack[0]) == h(DOC_ACK_FRAME)
+    node.feed(ack[0], 4)
+    assert node.poll_acked() == ["e41", "e42"]
+    assert node.hellos_sent + base.hellos_sent == 3
+    d = messages.decode(h(DOC_DATA))
+    assert d.seq == 0xD123 and d.payload == e1 + e2
+
+
+# ------------------------------------------------------------------ session handshake
+
+def test_handshake_simultaneous_start():
+    # both sides start at once: their first HELLOs cross, each answers once (4 HELLOs);
+    # one side first takes 3 (test_doc_worked_example)
+    a, b = make_pair()
+    sim = Sim(a, b)
+    assert sim.run_until(lambda s: a.up and b.up, 10000)
+    assert a.peer_session == 0xBEEF and b.peer_session == 0x1234
+    assert a.peer_node == 7 and a.peer_hop == 1 and b.peer_node == 0
+    assert a.hellos_sent == 2 and b.hellos_sent == 2
+    sim.run_for(5000)  # idle: keepalive ACKs only, no HELLO ping-pong
+    assert a.up and b.up and a.hellos_sent + b.hellos_sent == 4
+    assert a.acks_sent >= 4 and b.acks_sent >= 4
+    assert a.resyncs == 0 and b.resyncs == 0 and a.downs == 0
+
+
+def test_handshake_with_lost_hellos():
+    for seed in range(1, 9):
+        a, b = make_pair(seed)
+        # lose the first three HELLOs whatever their direction
+        lost = [0]
+
+        def drop(p, lost=lost):
+            if p[1] == 7 and lost[0] < 3:
+                lost[0] += 1
+                return True
+            return False
+
+        sim = Sim(a, b, seed=seed, drop=drop)
+        assert sim.run_until(lambda s: a.up and b.up, 20000), seed
+        assert sim.transfer([event(i) for i in range(20)], [event(100 + i) for i in range(5)])
+        assert sim.sides[1].received == [event(i) for i in range(20)]
+        assert sim.sides[0].received == [event(100 + i) for i in range(5)]
+
+
+def test_lost_confirmation_recovered():
+    # the last HELLO of the handshake is lost: the node stays unestablished until the base
+    # answers one of its repeated HELLOs; DATA sent meanwhile is ignored, then retransmitted
+    a, b = make_pair()
+    count = [0]
+
+    def drop(p):
+        if p[1] == 7:
+            count[0] += 1
+            return count[0] == 3
+        return False
+
+    sim = Sim(a, b, drop=drop)
+    msgs = [event(i) for i in range(10)]
+    assert sim.transfer(msgs)
+    assert sim.sides[1].received == msgs
+    assert a.resyncs == 0 and b.resyncs == 0
+
+
+# ------------------------------------------------------------------ delivery
+
+def test_clean_transfer_both_directions():
+    a, b = make_pair()
+    sim = Sim(a, b)
+    ma = [event(i, i % 40) for i in range(400)]
+    mb = [event(1000 + i) for i in range(150)]
+    assert sim.transfer(ma, mb)
+    assert sim.sides[1].received == ma
+    assert sim.sides[0].received == mb
+    assert sim.sides[0].acked == list(range(400))
+    assert sim.sides[1].acked == list(range(150))
+    for link in (a, b):
+        s = link.stats()
+        assert s["retransmissions"] == 0 and s["duplicates"] == 0 and s["out_of_order"] == 0
+        assert s["malformed"] == 0 and s["ignored"] == 0 and s["resyncs"] == 0
+        assert s["window_in_use"] == 0 and s["queued"] == 0
+        assert s["rtt_ms"] is not None
+    assert a.stats()["acked"] == 400 and b.stats()["messages_received"] == 400
+    # packing: far fewer DATA frames than messages
+    assert a.data_sent * 5 < 400
+
+
+def test_lossy_channel_exactly_once_in_order():
+    for seed in (2, 3, 5):
+        a, b = make_pair(seed, max_retries=50, max_payload=100)
+        sim = Sim(a, b, seed=seed, loss=100, dup=50, corrupt=50, reorder=50)
+        ma = [event(i, (i * 7) % 60) for i in range(250)]
+        mb = [event(5000 + i) for i in range(60)]
+        assert sim.transfer(ma, mb), seed
+        assert sim.sides[1].received == ma, seed
+        assert sim.sides[0].received == mb, seed
+        assert sim.sides[0].acked == list(range(250))
+        assert a.resyncs == 0 and b.resyncs == 0 and a.dead == 0
+        assert a.retransmissions > 0 and b.duplicates + a.duplicates > 0
+        assert sim.wires[0].crc_errors > 0
+
+
+def test_window_respected():
+    for window in (1, 2, 8):
+        a, b = make_pair(window=window, max_payload=100)
+        sim = Sim(a, b, latency=15000, loss=50)
+
+        def check(s, window=window):
+            for link in s.links:
+                assert link.stats()["window_in_use"] <= window
+                assert len(link._ready) <= window
+
+        sim.check = check
+        msgs = [event(i) for i in range(120)]
+        assert sim.transfer(msgs)
+        assert sim.sides[1].received == msgs
+        assert sim.max_in_flight[0] == window
+
+
+def test_stop_and_wait():
+    a, b = make_pair(window=1, max_retries=50)
+    sim = Sim(a, b, loss=150, dup=100, corrupt=50)
+    msgs = [event(i, i % 30) for i in range(150)]
+    back = [event(900 + i) for i in range(30)]
+    assert sim.transfer(msgs, back)
+    assert sim.sides[1].received == msgs and sim.sides[0].received == back
+    assert sim.max_in_flight == [1, 1]
+
+
+def test_sequence_numbers_wrap():
+    # sessions chosen so the first seq is 65531: the stream crosses 65535 -> 0
+    a, b = make_pair(sa=0xFFF0, sb=0x000B, max_payload=60)
+    assert isn(a.session, b.session) == 65531
+    sim = Sim(a, b, loss=50)
+    msgs = [event(i) for i in range(200)]
+    assert sim.transfer(msgs)
+    assert sim.sides[1].received == msgs
+    assert a.data_sent > 20
+
+
+def test_clock_wraps_like_ticks_ms():
+    # a board's ticks_ms wraps at 2**30: start half a second before the wrap
+    a, b = make_pair(max_payload=60)
+    sim = Sim(a, b, clock_base=(1 << 30) - 500, loss=100)
+    msgs = [event(i) for i in range(300)]
+    assert sim.transfer(msgs)
+    assert sim.sides[1].received == msgs
+    assert sim.now_ms() < 100000  # really wrapped
+    assert a.downs == 0 and b.downs == 0 and a.resyncs == 0
+
+
+def test_coalescing_packs_trickled_events():
+    # events offered one at a time while frames are in flight share frames
+    a, b = make_pair(window=8)
+    sim = Sim(a, b, latency=20000)
+    assert sim.run_until(lambda s: a.up and b.up, 5000)
+    msgs = [event(i) for i in range(200)]
+    for i in range(200):
+        sim.sides[0].msgs.append(msgs[i])
+        sim.run_for(1)
+    assert sim.transfer()
+    assert sim.sides[1].received == msgs
+    assert a.data_sent < 40
+    # without coalescing every event goes out alone as long as the window has room
+    a2, b2 = make_pair(window=64, coalesce=False)
+    sim2 = Sim(a2, b2, latency=20000)
+    assert sim2.run_until(lambda s: a2.up and b2.up, 5000)
+    for i in range(200):
+        sim2.sides[0].msgs.append(msgs[i])
+        sim2.run_for(1)
+    assert sim2.transfer()
+    assert sim2.sides[1].received == msgs
+    assert a2.data_sent > 3 * a.data_sent
+
+
+# ------------------------------------------------------------------ loss recovery
+
+def test_retransmission_backoff_and_dead_letter():
+    # the node's DATA never arrives but the base is alive (keepalive ACKs): the frame is
+    # retransmitted with exponential backoff, then declared dead and the session restarts
+    a, b = make_pair(rto_ms=200, rto_min_ms=200, rto_max_ms=1600, max_retries=4,
+                     keepalive_ms=500, dead_after_ms=100000)
+    dropping = [True]
+    sim = Sim(a, b, drop=lambda p: dropping[0] and p[1] == 6)
+    sim.wires[0].log_frames = True
+    assert sim.run_until(lambda s: a.up and b.up, 5000)
+    old_session = a.session
+    sim.sides[0].msgs = [event(1), event(2)]
+    assert sim.run_until(lambda s: len(s.sides[0].dead) == 2, 60000)
+    times = [t // 1000 for t, p in sim.wires[0].log if p[1] == 6]
+    gaps = [times[i + 1] - times[i] for i in range(len(times) - 1)]
+    assert len(times) == 5  # first transmission + max_retries
+    assert gaps[:4] == [200, 400, 800, 1600], gaps
+    assert sim.sides[0].dead == [0, 1] and a.dead == 2 and a.resyncs == 1
+    assert a.session != old_session
+    assert a.retransmissions == 4
+    assert sim.run_until(lambda s: a.up and b.up, 5000)
+    assert b.resyncs == 1
+    # the link works again in the new session
+    dropping[0] = False
+    sim.sides = [Side(), Side()]
+    assert sim.transfer([event(3), event(4)] + [event(5)])
+    assert sim.sides[1].received == [event(3), event(4), event(5)]
+
+
+def test_fast_retransmit_from_sack():
+    # one DATA frame lost in the middle of a window: recovered from the SACK long before
+    # the retransmission timeout
+    a, b = make_pair(max_payload=40, rto_ms=1000, rto_min_ms=1000)
+    n = [0]
+
+    def drop(p):
+        if p[1] == 6:
+            n[0] += 1
+            return n[0] == 3
+        return False
+
+    sim = Sim(a, b, drop=drop)
+    assert sim.run_until(lambda s: a.up and b.up, 5000)
+    start = sim.t
+    msgs = [event(i) for i in range(16)]
+    assert sim.transfer(msgs)
+    assert sim.sides[1].received == msgs
+    assert a.retransmissions == 1 and b.out_of_order >= 1
+    assert (sim.t - start) // 1000 < 200
+
+
+def test_ack_loss_needs_no_data_retransmission_of_sacked_frames():
+    a, b = make_pair(max_payload=40)
+    n = [0]
+
+    def drop(p):
+        if p[1] == 5:
+            n[0] += 1
+            return n[0] % 2 == 0
+        return False
+
+    sim = Sim(a, b, drop=drop)
+    msgs = [event(i) for i in range(100)]
+    assert sim.transfer(msgs)
+    assert sim.sides[1].received == msgs
+    assert b.duplicates <= a.retransmissions
+
+
+# ------------------------------------------------------------------ resync
+
+def test_receiver_reboot_resyncs_without_loss():
+    a, b = make_pair(max_payload=80)
+    sim = Sim(a, b, loss=30)
+    msgs = [event(i) for i in range(300)]
+    sim.sides[0].msgs = msgs
+    assert sim.run_until(lambda s: len(s.sides[1].received) >= 100, 60000)
+    before = list(sim.sides[1].received)
+    # the base reboots: a fresh Link, a new session, an empty receive state
+    sim.links[1] = Link(node=7, hop=1, session=0x5151, max_payload=80)
+    sim.sides[1] = Side()
+    assert sim.run_until(lambda s: len(s.sides[0].acked) == 300, 60000)
+    after = sim.sides[1].received
+    assert a.resyncs == 1
+    got = before + after
+    assert dedupe(got) == msgs  # at least once, exactly once after deduplication
+    assert sim.sides[0].acked == list(range(300))
+    # within each session: in order, no duplicates
+    assert before == msgs[:len(before)]
+    first = msgs.index(after[0])
+    assert after == msgs[first:]
+    assert first <= len(before)
+
+
+def test_sender_reboot_outbox_reoffers():
+    a, b = make_pair(max_payload=80)
+    sim = Sim(a, b, loss=30)
+    msgs = [event(i) for i in range(300)]
+    sim.sides[0].msgs = msgs
+    assert sim.run_until(lambda s: len(s.sides[0].acked) >= 100, 60000)
+    # the node reboots; its durable outbox re-offers from the first unacknowledged event
+    old = sim.sides[0]
+    new = Side(msgs)
+    new.next = old.first_unacked()
+    new.acked = list(old.acked)
+    sim.sides[0] = new
+    sim.links[0] = Link(node=0, hop=0, session=0x7777, max_payload=80)
+    assert sim.transfer()
+    got = sim.sides[1].received
+    assert dedupe(got) == msgs
+    assert b.resyncs == 1
+    assert len(got) - len(msgs) <= 8 * 80  # duplicates bounded by what was in flight
+
+
+def test_cut_cable_down_then_up_no_duplicates():
+    a, b = make_pair(keepalive_ms=300, dead_after_ms=1000, max_payload=80)
+    sim = Sim(a, b)
+    msgs = [event(i) for i in range(400)]
+    sim.sides[0].msgs = msgs
+    sim.sides[1].msgs = [event(9000 + i) for i in range(100)]
+    assert sim.run_until(lambda s: len(s.sides[1].received) >= 100, 60000)
+    t0 = sim.t
+    for w in sim.wires:
+        w.cuts.append((t0, t0 + 2000000))
+    saw_down = [False]
+
+    def check(s):
+        if not s.links[0].up and not s.links[1].up:
+            saw_down[0] = True
+
+    sim.check = check
+    assert sim.transfer()
+    assert saw_down[0]
+    assert a.downs == 1 and b.downs == 1
+    assert a.up and b.up
+    assert a.resyncs == 0 and b.resyncs == 0 and a.dead == 0
+    assert sim.sides[1].received == msgs  # same session: exactly once
+    assert sim.sides[0].received == [event(9000 + i) for i in range(100)]
+
+
+def test_restart_requeues_in_order():
+    a, b = make_pair(max_payload=60)
+    sim = Sim(a, b, latency=30000)
+    msgs = [event(i) for i in range(100)]
+    sim.sides[0].msgs = msgs
+    assert sim.run_until(lambda s: a.in_flight() > 10, 60000)
+    a.restart()
+    assert a.in_flight() == 0 and not a.up and a.resyncs == 1
+    assert sim.transfer()
+    got = sim.sides[1].received
+    assert dedupe(got) == msgs
+    assert b.resyncs == 1
+
+
+# ------------------------------------------------------------------ bounds and bad input
+
+def test_offer_bounds_and_errors():
+    link = Link(max_queue=5, max_queue_bytes=4096)
+    n = 0
+    while link.offer(event(n)):
+        n += 1
+    assert n == 5 and link.queued() == 5
+    link = Link(max_queue=1000, max_queue_bytes=1016)
+    n = 0
+    while link.offer(event(n, 80)):
+        n += 1
+    assert n == 1016 // len(event(0, 80))
+    for bad in (b"", b"\x82\x01", b"\x01\x02", b"\xff", bytes(MAX_PAYLOAD + 1)):
+        try:
+            link.offer(bad)
+        except LinkError:
+            pass
+        else:
+            assert False, bad
+    for kw in ({"window": 0}, {"window": 65}, {"max_payload": 2000}, {"session": 0},
+               {"keepalive_ms": 3000, "dead_after_ms": 3000}, {"rto_ms": 10, "rto_min_ms": 20}):
+        try:
+            Link(**kw)
+        except LinkError:
+            pass
+        else:
+            assert False, kw
+
+
+def test_malformed_frames_counted_never_raise():
+    a, b = make_pair()
+    sim = Sim(a, b)
+    assert sim.run_until(lambda s: a.up and b.up, 5000)
+    now = sim.now_ms()
+    junk = [b"", b"\xff", b"\x83\x06", b"not cbor at all", b"\x81\x00",      # bad CBOR / head
+            b"\x83\x06\x1a\x00\x01\x00\x00\x40",                           # seq > 65535
+            b"\x84\x05\x1a\x00\x01\x00\x00\x00\x08",                       # cumulative > 65535
+            b"\x83\x06\x00\x01",                                          # payload not bytes
+            b"\x84\x05\x00\x00",                                          # ACK missing a field
+            messages.Event(7, 1, 1, 1, "temp", 1).encode(),               # not a link message
+            b"\x82\x1f\x00",                                              # unknown kind
+            b"\x82\x21\x00",                                              # version 2
+            encode_hello(0, 1, 1, 0x1234)]                                # session 0
+    for j in junk:
+        b.feed(j, now)
+    assert b.malformed == len(junk)
+    assert b.up
+    # the link still works
+    msgs = [event(i) for i in range(10)]
+    assert sim.transfer(msgs)
+    assert sim.sides[1].received == msgs
+
+
+def test_receive_buffers_bounded():
+    a, b = make_pair(window=4)
+    sim = Sim(a, b)
+    assert sim.run_until(lambda s: a.up and b.up, 5000)
+    now = sim.now_ms()
+    base = b._rcv_nxt
+    # frames far ahead of the window are dropped; within the window they wait in the ring
+    for off in (1, 2, 3, 4, 100, 40000):
+        b.feed(messages.Data((base + off) & SEQ_MASK, event(off)).encode(), now)
+    assert b.out_of_order == 3 and b.out_of_window == 2 and b.duplicates == 1  # 40000: "old"
+    b.feed(messages.Data(base, event(0)).encode(), now)
+    assert b.poll_received() == [event(0), event(1), event(2), event(3)]
+    # the app stops polling: at most `window` frames wait, the sender is throttled
+    sim2a, sim2b = make_pair(window=4, max_payload=40)
+    sim2 = Sim(sim2a, sim2b)
+    sim2.sides[1].paused_until = 3000
+    msgs = [event(i) for i in range(60)]
+    sim2.sides[0].msgs = msgs
+    sim2.run_for(2500)
+    assert len(sim2b._ready) <= 4 and sim2.sides[1].received == []
+    assert sim2b.stats()["peer_window"] >= 0
+    assert sim2.transfer()
+    assert sim2.sides[1].received == msgs
+    assert sim2a.dead == 0 and sim2a.resyncs == 0
+
+
+def test_stale_ack_and_data_ignored():
+    a, b = make_pair()
+    sim = Sim(a, b)
+    msgs = [event(i) for i in range(20)]
+    assert sim.transfer(msgs)
+    now = sim.now_ms()
+    a.feed(encode_ack((a._snd_nxt + 100) & SEQ_MASK, 0, 8), now)  # acks the future
+    assert a.ignored == 1
+    # DATA before the handshake is ignored and prompts a HELLO
+    c = Link(session=99)
+    c.feed(messages.Data(5, event(1)).encode(), 0)
+    assert c.ignored == 1 and c.poll_received() == []
+    out = c.poll_transmit(0)
+    assert len(out) == 1 and out[0][1] == 7
+
+
+def test_next_wake_and_keepalive():
+    a, b = make_pair(keepalive_ms=400, dead_after_ms=1300)
+    assert a.next_wake(0) == 0
+    sim = Sim(a, b)
+    assert sim.run_until(lambda s: a.up and b.up, 5000)
+    sim.run_for(100)
+    now = sim.now_ms()
+    w = a.next_wake(now)
+    assert 0 <= w <= 400
+    # silence the peer entirely: down after dead_after_ms, then HELLO probes
+    for wire in sim.wires:
+        wire.cuts.append((sim.t, sim.t + 10 ** 9))
+    sim.run_for(1500)
+    assert not a.up and not b.up and a.downs == 1
+    probes = a.hellos_sent
+    sim.run_for(2000)
+    assert a.hellos_sent >= probes + 4
+    assert a.next_wake(sim.now_ms()) <= 400
