@@ -40,6 +40,14 @@ CTR_RATE_SHED = const(6)   # events not sent to some subscriber because of its r
 CTR_RX_BAD = const(7)      # malformed datagrams / frames received by the node
 CTR_SEND_ERRORS = const(8) # datagrams the network stack refused
 CTR_DEADLETTER = const(9)  # events moved to the dead-letter log
+# serial chain: statistics of the node's upstream link (toward the base)
+CTR_LINK_FRAMES = const(10)    # DATA frames sent upstream
+CTR_LINK_RETRANS = const(11)   # DATA frames retransmitted upstream
+CTR_LINK_CRC = const(12)       # frames received with a bad CRC or undecodable, both sides
+CTR_LINK_RTT = const(13)       # smoothed round-trip time upstream, ms
+CTR_LINK_WINDOW = const(14)    # DATA frames in flight upstream now
+CTR_LINK_DOWNS = const(15)     # times the upstream link was declared down
+CTR_FORWARDED = const(16)      # messages of downstream nodes forwarded upstream
 
 COUNTER_NAMES = {
     CTR_PUBLISHED: "published",
@@ -51,6 +59,13 @@ COUNTER_NAMES = {
     CTR_RX_BAD: "rx_bad",
     CTR_SEND_ERRORS: "send_errors",
     CTR_DEADLETTER: "dead_letter",
+    CTR_LINK_FRAMES: "link_frames",
+    CTR_LINK_RETRANS: "link_retransmissions",
+    CTR_LINK_CRC: "link_crc_errors",
+    CTR_LINK_RTT: "link_rtt_ms",
+    CTR_LINK_WINDOW: "link_window_in_use",
+    CTR_LINK_DOWNS: "link_downs",
+    CTR_FORWARDED: "forwarded",
 }
 
 # STATUS capability bits
