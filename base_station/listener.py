@@ -1,0 +1,310 @@
+"""UDP I/O for the base station: the receive socket(s) and the ANNOUNCE sender.
+
+Theory of operation
+-------------------
+`UdpListener` is an asyncio.DatagramProtocol whose `datagram_received` hands each
+datagram to a callback (BaseStation.ingest), which never raises (it counts and logs).
+On Linux it opens the socket itself: a 4 MB receive buffer (the kernel caps it at
+net.core.rmem_max unless we may force it), SO_RXQ_OVFL so datagrams carry the
+socket's cumulative kernel drop count as ancillary data, and a reader callback that
+drains up to `burst` datagrams per wake-up with recvmsg (asyncio's own datagram
+transport reads one per wake-up and cannot return ancillary data). Elsewhere, or if
+the loop has no add_reader, it falls back to loop.create_datagram_endpoint. Kernel
+drops are the larger of the SO_RXQ_OVFL count and the `drops` column of
+/proc/net/udp{,6} for the socket's inode (current even when no datagram came after
+the burst); without either they stay 0.
+
+Datagrams are read into a 64 KiB buffer (a UDP payload is at most 65507 bytes over
+IPv4); the station rejects anything above its `max_datagram` (default
+protocol.codes.MAX_DATAGRAM, 1400) as oversize, so a truncated read cannot be
+mistaken for a message.
+
+`Announcer` sends ANNOUNCE to every discovery address every lease/3 seconds (first
+one at once) from a socket with SO_BROADCAST, and a lease-0 goodbye on stop so nodes
+drop our subscription at once (a restarted base then gets a fresh `since`).
+Send errors (no route, network down) are counted and logged, never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import struct
+import time
+from typing import Any, Callable
+
+from protocol import codes
+from protocol.messages import Announce
+
+from base_station import wire
+
+log = logging.getLogger("starling.base.listener")
+
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)   # Linux include/uapi/asm-generic/socket.h
+RCVBUF = 4 * 1024 * 1024
+READ_SIZE = 65536
+BURST = 512          # datagrams read per wake-up before yielding to the loop
+
+
+def parse_hostport(text: str, default_host: str = "0.0.0.0", default_port: int = 0) -> tuple[str, int]:
+    """"HOST:PORT", "[v6]:PORT", ":PORT", "PORT" or "HOST" -> (host, port).
+
+    Raises:
+        ValueError: the port is not 0..65535.
+    """
+    text = text.strip()
+    host, port = default_host, default_port
+    if text.startswith("["):
+        end = text.index("]")
+        host = text[1:end]
+        rest = text[end + 1:]
+        if rest.startswith(":"):
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        h, p = text.split(":")
+        host = h or default_host
+        port = int(p)
+    elif text.isdigit():
+        port = int(text)
+    elif text:
+        host = text
+    if not 0 <= port <= 65535:
+        raise ValueError("port out of range: %d" % port)
+    return host, port
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def proc_udp_drops(sock: socket.socket) -> int | None:
+    """The kernel's drop count for `sock` from /proc/net/udp{,6}, or None."""
+    try:
+        inode = os.fstat(sock.fileno()).st_ino
+    except OSError:
+        return None
+    for name in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(name) as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    if len(cols) >= 13 and cols[9] == str(inode):
+                        return int(cols[-1])
+        except (OSError, ValueError, StopIteration):
+            continue
+    return None
+
+
+class UdpListener(asyncio.DatagramProtocol):
+    """Receives datagrams on host:port and calls `ingest(data, addr)` for each.
+
+    Args:
+        ingest: called with (bytes, (host, port)); must not raise.
+        host, port: where to bind (port 0: any free port, see `address`).
+        rcvbuf: requested SO_RCVBUF in bytes.
+    Raises (from start):
+        OSError: the address cannot be bound.
+    """
+
+    def __init__(self, ingest: Callable[[bytes, Any], None], host: str = "0.0.0.0",
+                 port: int = codes.UDP_PORT, rcvbuf: int = RCVBUF, burst: int = BURST):
+        self.ingest = ingest
+        self.host = host
+        self.port = port
+        self.rcvbuf = rcvbuf
+        self.burst = burst
+        self.sock: socket.socket | None = None
+        self.transport: asyncio.DatagramTransport | None = None
+        self.datagrams = 0
+        self.errors = 0
+        self._drops = 0            # from SO_RXQ_OVFL ancillary data
+        self._ovfl = False         # SO_RXQ_OVFL enabled
+        self._reader = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.rcvbuf_actual = 0
+        self._address: tuple[str, int] = (host, 0)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port); (host, 0) before start(). Kept after close()."""
+        return self._address
+
+    @property
+    def kernel_drops(self) -> int:
+        """Datagrams the kernel dropped for this socket (receive buffer full).
+
+        SO_RXQ_OVFL stamps a datagram with the drop count when it is queued, so it lags:
+        drops during a burst show only on the next datagram queued after it. The
+        /proc/net/udp counter is current; the larger of the two is reported (and kept
+        after close)."""
+        if self.sock is not None:
+            n = proc_udp_drops(self.sock)
+            if n is not None and n > self._drops:
+                self._drops = n
+        return self._drops
+
+    def open_socket(self) -> socket.socket:
+        sock = socket.socket(_family(self.host), socket.SOCK_DGRAM)
+        try:
+            for opt in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+                if opt is None:
+                    continue
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, self.rcvbuf)
+                    break
+                except OSError:
+                    continue
+            self.rcvbuf_actual = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            if hasattr(socket.socket, "recvmsg"):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+                    self._ovfl = True
+                except OSError:
+                    self._ovfl = False
+            sock.bind((self.host, self.port))
+            sock.setblocking(False)
+            name = sock.getsockname()
+            self._address = (name[0], name[1])
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        sock = self.sock = self.open_socket()
+        if self._ovfl:
+            try:
+                loop.add_reader(sock.fileno(), self._readable)
+                self._reader = True
+                log.info("listening on %s:%d (rcvbuf %d)", *self.address, self.rcvbuf_actual)
+                return
+            except (NotImplementedError, AttributeError):
+                self._ovfl = False
+        self.transport, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
+        log.info("listening on %s:%d (rcvbuf %d, asyncio transport)", *self.address,
+                 self.rcvbuf_actual)
+
+    def _readable(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        anc_size = socket.CMSG_SPACE(4)
+        ingest = self.ingest
+        n = 0
+        try:
+            while n < self.burst:
+                data, anc, _flags, addr = sock.recvmsg(READ_SIZE, anc_size)
+                n += 1
+                for level, kind, cdata in anc:
+                    if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(cdata) >= 4:
+                        self._drops = struct.unpack("=I", cdata[:4])[0]
+                ingest(data, addr)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as e:
+            # e.g. ICMP errors surfacing on the socket; the socket stays usable
+            self.errors += 1
+            log.debug("receive error on %s: %s", self.address, e)
+        self.datagrams += n
+
+    # asyncio.DatagramProtocol (fallback path)
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.datagrams += 1
+        self.ingest(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        self.errors += 1
+        log.debug("receive error: %s", exc)
+
+    def close(self) -> None:
+        if self._reader and self._loop is not None and self.sock is not None:
+            try:
+                self._loop.remove_reader(self.sock.fileno())
+            except (ValueError, OSError):
+                pass
+            self._reader = False
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+        elif self.sock is not None:
+            self.sock.close()
+        self.sock = None
+
+
+class Announcer:
+    """Periodically sends our ANNOUNCE to discovery addresses.
+
+    Args:
+        targets: [(host, port)] to send to (a broadcast address needs SO_BROADCAST,
+            which is always set).
+        make: returns the Announce to send (called at every send, so wall_ms and
+            the advertised port are current).
+        interval: seconds between sends (lease / 3).
+    """
+
+    def __init__(self, targets: list[tuple[str, int]], make: Callable[[int | None], Announce],
+                 interval: float):
+        self.targets = list(targets)
+        self.make = make
+        self.interval = max(0.05, interval)
+        self.sent = 0
+        self.errors = 0
+        self._socks: dict[int, socket.socket] = {}
+        self._task: asyncio.Task | None = None
+        self._last_error_log = 0.0
+
+    def _sock(self, family: int) -> socket.socket:
+        s = self._socks.get(family)
+        if s is None:
+            s = socket.socket(family, socket.SOCK_DGRAM)
+            if family == socket.AF_INET:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            s.setblocking(False)
+            self._socks[family] = s
+        return s
+
+    def send_once(self, lease: int | None = None) -> int:
+        """Send one ANNOUNCE (lease overrides the configured one, 0 = goodbye) to every
+        target; returns how many sends succeeded."""
+        data = wire.encode(self.make(lease))
+        ok = 0
+        for host, port in self.targets:
+            try:
+                self._sock(_family(host)).sendto(data, (host, port))
+                ok += 1
+                self.sent += 1
+            except OSError as e:
+                self.errors += 1
+                now = time.monotonic()
+                if now - self._last_error_log >= 10:
+                    self._last_error_log = now
+                    log.warning("cannot send ANNOUNCE to %s:%d: %s", host, port, e)
+        return ok
+
+    async def run(self) -> None:
+        while True:
+            self.send_once()
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self.run(), name="starling-announce")
+
+    async def stop(self, goodbye: bool = True) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if goodbye:
+            self.send_once(lease=0)
+        for s in self._socks.values():
+            s.close()
+        self._socks.clear()
