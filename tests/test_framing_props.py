@@ -157,10 +157,8 @@ def test_crc_residue_matches_the_polynomial():
 
 
 def test_doc_vectors_match_the_dual_tests():
-    """docs/framing-section.md (or docs/PROTOCOL.md once merged) shows the same hex."""
-    texts = [p.read_text() for p in (ROOT / "docs" / "framing-section.md",
-                                     ROOT / "docs" / "PROTOCOL.md") if p.exists()]
-    assert texts, "docs/framing-section.md is missing"
+    """docs/PROTOCOL.md section 6 shows the same hex."""
+    texts = [(ROOT / "docs" / "PROTOCOL.md").read_text()]
     doc = " ".join(re.sub(r"\s+", " ", t.lower()) for t in texts)
     for payload_hex, frame_hex in dual.VECTORS:
         assert frame_hex in doc, frame_hex

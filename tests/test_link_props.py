@@ -228,7 +228,7 @@ def test_data_frame_overhead_matches_doc():
 # ------------------------------------------------------------------ the document
 
 def _doc():
-    return (ROOT / "docs" / "link-section.md").read_text()
+    return (ROOT / "docs" / "PROTOCOL.md").read_text()
 
 
 def _norm(hexstr):

@@ -13,7 +13,7 @@ def h(text):
     return binascii.unhexlify(text.replace(" ", ""))
 
 
-# The worked examples of docs/framing-section.md, (payload hex, frame hex), both
+# The worked examples of docs/PROTOCOL.md section 6, (payload hex, frame hex), both
 # delimiters included. Keep this table and the document in step
 # (tests/test_framing_props.py checks that every frame below appears in the doc).
 VECTORS = [

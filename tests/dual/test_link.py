@@ -338,7 +338,7 @@ def test_control_frames_match_messages():
     assert isn(0xFFFFFFFF, 0xFFFFFFFF) == 0xFFFE
 
 
-# The worked example of docs/link-section.md: node 7 (session 0x0000BEEF) sends two EVENTs
+# The worked example of docs/PROTOCOL.md section 7: node 7 (session 0x0000BEEF) sends two EVENTs
 # to the base (session 0x00001234) in the first DATA frame of the session (seq = ISN =
 # 0xBEEF + 0x1234 = 0xD123), the base acknowledges it. tests/test_link_props.py checks that
 # these hex strings appear in the document.
