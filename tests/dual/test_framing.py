@@ -7,6 +7,7 @@ import struct
 from protocol import framing
 from protocol.codes import MAX_FRAME
 from protocol.framing import FrameDecoder, FrameError, encode_frame, encode_frame_into
+from dual_helpers import Lcg
 
 
 def h(text):
@@ -37,27 +38,6 @@ def all_vectors():
     out.append((LONG_PAYLOAD, LONG_FRAME))
     return out
 
-
-class Lcg:
-    # Deterministic pseudo-random numbers, identical on both interpreters.
-    def __init__(self, seed):
-        self.x = seed & 0x7FFFFFFF
-
-    def next(self):
-        self.x = (self.x * 1103515245 + 12345) & 0x7FFFFFFF
-        return self.x >> 8
-
-    def below(self, n):
-        return self.next() % n
-
-    def data(self, n, zero_every=0):
-        out = bytearray(n)
-        for i in range(n):
-            b = self.next() & 0xFF
-            if zero_every and self.below(zero_every) == 0:
-                b = 0
-            out[i] = b
-        return bytes(out)
 
 
 def decode_all(stream, max_frame=MAX_FRAME):

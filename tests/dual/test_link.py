@@ -9,6 +9,7 @@ from protocol import messages
 from protocol.framing import FrameDecoder, encode_frame
 from protocol.link import (Link, LinkError, encode_ack, encode_hello, isn, item_end,
                            DATA_OVERHEAD, MAX_PAYLOAD, SEQ_MASK)
+from dual_helpers import Lcg
 
 
 def h(text):
@@ -18,24 +19,6 @@ def h(text):
 def hx(data):
     return binascii.hexlify(bytes(data)).decode()
 
-
-class Lcg:
-    # Deterministic pseudo-random numbers, identical on both interpreters.
-    def __init__(self, seed):
-        self.x = seed & 0x7FFFFFFF
-
-    def next(self):
-        self.x = (self.x * 1103515245 + 12345) & 0x7FFFFFFF
-        return self.x >> 8
-
-    def below(self, n):
-        return self.next() % n if n > 0 else 0
-
-    def per_mille(self, p):
-        return p > 0 and self.next() % 1000 < p
-
-    def u32(self):
-        return ((self.next() & 0xFFFF) << 16) | (self.next() & 0xFFFF)
 
 
 def _is_data_or_ack(payload):
