@@ -99,9 +99,9 @@ class Board:
 
 
 BOARDS: dict[str, Board] = {
-    "esp32": Board("esp32", "esp32", ("hal_esp32",), ("udp", "serial"), True, (1, 2), "ESP32"),
-    "pico": Board("pico", "rp2", ("hal_pico",), ("serial",), False, (0, 1), "Pico"),
-    "pico-w": Board("pico-w", "rp2", ("hal_pico",), ("udp", "serial"), True, (0, 1), "Pico W"),
+    "esp32": Board("esp32", "esp32", ("hal_board", "hal_esp32"), ("udp", "serial"), True, (1, 2), "ESP32"),
+    "pico": Board("pico", "rp2", ("hal_board", "hal_pico"), ("serial",), False, (0, 1), "Pico"),
+    "pico-w": Board("pico-w", "rp2", ("hal_board", "hal_pico"), ("udp", "serial"), True, (0, 1), "Pico W"),
     "unix": Board("unix", "linux", ("hal_unix",), ("udp", "serial"), False, (), "unix port"),
 }
 

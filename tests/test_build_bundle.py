@@ -98,14 +98,16 @@ def test_board_file_table(tmp_path):
     for rel in ("protocol/__init__.py", "protocol/cbor.py", "protocol/test_cbor.py",
                 "protocol/__pycache__/cbor.py", "firmware/__init__.py", "firmware/node.py",
                 "firmware/boot.py", "firmware/main.py", "firmware/hal_unix.py",
-                "firmware/hal_esp32.py", "firmware/hal_pico.py", "firmware/tests/test_node.py",
+                "firmware/hal_esp32.py", "firmware/hal_pico.py", "firmware/hal_board.py",
+                "firmware/tests/test_node.py",
                 "firmware/drivers/__init__.py", "firmware/drivers/sht3x.py"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("x = 1\n")
     common = {"protocol/__init__.py", "protocol/cbor.py", "firmware/__init__.py", "firmware/node.py",
               "firmware/drivers/__init__.py", "firmware/drivers/sht3x.py"}
-    expect = {"esp32": {"firmware/hal_esp32.py"}, "pico": {"firmware/hal_pico.py"},
-              "pico-w": {"firmware/hal_pico.py"}, "unix": {"firmware/hal_unix.py"}}
+    board_hal = "firmware/hal_board.py"
+    expect = {"esp32": {board_hal, "firmware/hal_esp32.py"}, "pico": {board_hal, "firmware/hal_pico.py"},
+              "pico-w": {board_hal, "firmware/hal_pico.py"}, "unix": {"firmware/hal_unix.py"}}
     for board, hal in expect.items():
         assert {p.as_posix() for p in board_modules(board, tmp_path)} == common | hal, board
 

@@ -1,0 +1,974 @@
+# Shared board HAL for the ESP32 (firmware/hal_esp32.py) and the Raspberry Pi Pico /
+# Pico W (firmware/hal_pico.py). It implements the HAL seam described at the top of
+# firmware/hal_unix.py (ticks_ms, ticks_diff, wall_ms, sleep_ms, udp_open, resolve,
+# addr_with_port, addr_str, udp_send, udp_recv, wait_readable, close, read_file,
+# write_file_atomic, free_mem, mem_alloc, log, stop_requested). hal_unix is not in a
+# board's bundle, so nothing is imported from it: the seam is the contract. The
+# serial-chain additions of that seam are here too: append_file, remove_file, and
+# uart_open(spec) returning a UART with the interface of firmware/uart_unix.py
+# (read_into / any / write / stream / close), watched by wait_readable().
+#
+# What boards add (the node and main.py wire these; see docs/BOARDS.md):
+#   begin(cfg, watchdog_ms=None)   after node.json is loaded: watchdog, Wi-Fi (waits
+#                                  up to wifi_wait_ms for the first association), NTP
+#   feed()                         once per node step: feeds the watchdog, checks Wi-Fi
+#                                  without blocking, runs a due NTP sync.
+#                                  wait_readable() calls it too, between slices of at
+#                                  most half the watchdog timeout
+#   link_up()                      Wi-Fi associated and holding an address
+#   time_synced()                  True once after each NTP sync: refresh the time base
+#   resume()                       at boot, before the epoch file is touched: None for
+#                                  a new epoch (power-on, reset, watchdog) or the Resume
+#                                  saved by deep_sleep() (same epoch, seq continues)
+#   deep_sleep(ms, node)           save the node's state in RTC memory and power down
+#   uart_open(spec)                a BoardUart (machine.UART behind the read_into /
+#                                  any / write / stream / close interface of
+#                                  firmware/uart_unix.py) for node.json uart.up /
+#                                  uart.down; wait_readable() wakes when it has data
+#   watch(stream)                  wait_readable() also wakes when `stream` is readable
+#   make_sensors(specs, id, f32)   board sensor kinds (KINDS below) beside the
+#                                  synthetic ones of firmware/sensors.py
+#   stats()                        the HAL's counters as a dict
+#
+# Theory of operation
+# -------------------
+# Time. ticks_ms/ticks_diff are the board's wrapping ticks (period 2^30 ms). wall_ms()
+# is Unix ms, or None until NTP has set the clock: the RTC starts at the port's epoch
+# after power-on and would give the base nonsense. The ESP32 counts from 2000-01-01
+# (time.gmtime(0)[0] == 2000), RP2 from 1970: 946684800 s are added on the ESP32.
+#
+# Wi-Fi (class Wifi). connect() is asynchronous on both ports. The state machine
+# DOWN -> JOINING -> UP is polled from feed(): a join that fails (status
+# WRONG_PASSWORD, NO_AP_FOUND, ...) or takes longer than wifi_timeout_ms is abandoned
+# with disconnect() (which also stops the ESP32 driver's own retries, so one backoff
+# rule holds) and retried after a backoff doubling from 1 s to 60 s; a lost link is
+# retried after 1 s. Nothing here blocks except begin()'s first wait and an NTP
+# exchange (ntptime: up to its 1 s socket timeout, plus DNS).
+#
+# Sending while down. The node keeps sampling and numbering readings; udp_send()
+# returns False at once without touching the stack (send_down), so the node counts
+# them in send_errors/dropped exactly as for any refused datagram. A static base given
+# by name that cannot be resolved at boot becomes a _Pending address, resolved on a
+# later send (at most every 10 s), so boot never fails because the radio is down.
+#
+# Errors. A non-blocking receive with nothing waiting raises OSError(EAGAIN); with a
+# timeout, ETIMEDOUT, which is 116 on the ESP32 (newlib/lwIP) and 110 on RP2: the
+# subclass says which. Both mean "nothing"; any other errno is counted.
+#
+# Watchdog. machine.WDT cannot be stopped or slowed once started (MicroPython docs),
+# so it is off unless begin() gets watchdog_ms (node.json "watchdog_ms" once the
+# config accepts it). Bounds: ESP32 >= 1000 ms (older firmware took whole seconds),
+# RP2040 <= 8388 ms, RP2350 <= 16777 ms (ports/rp2/machine_wdt.c). Reflashing a board
+# whose watchdog runs: see docs/BOARDS.md.
+#
+# Deep sleep. deep_sleep(ms, node) packs (epoch, next_seq, uptime + ms, time_base,
+# each sensor's sample index and due time) into one CRC-checked record in memory that
+# survives deep sleep but not power-on (ESP32: RTC slow memory through
+# machine.RTC().memory(), at most 2048 bytes; RP2: see hal_pico.py) and powers down.
+# The board then boots from the top; resume() returns the record only when the reset
+# cause says deep-sleep wake and the record checks, and clears it, so a later reset
+# or power-on starts a new epoch from the epoch file as usual.
+#
+# Memory: the record is packed into one bytearray with struct.pack_into; wall_ms and
+# the record use bigints (ms timestamps do not fit 31-bit small ints), once per call.
+# The hot path (udp_send) allocates nothing of its own.
+import sys
+import select
+import struct
+import binascii
+
+import machine
+
+from firmware import sensors
+
+try:
+    import errno
+    _EAGAIN = errno.EAGAIN
+except ImportError:  # pragma: no cover - every port has errno
+    _EAGAIN = 11
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):  # type: ignore
+        return x
+
+_MAX_DATAGRAM = const(1500)
+_EPOCH_2000_MS = 946684800000       # 2000-01-01 minus 1970-01-01 in ms (a bigint on boards)
+_WIFI_WAIT_MS = const(15000)        # begin(): longest wait for the first association
+_WIFI_TIMEOUT_MS = const(15000)     # one join attempt (DHCP included) before giving up
+_BACKOFF_MIN_MS = const(1000)
+_BACKOFF_MAX_MS = const(60000)
+_SLICE_MS = const(1000)             # wait_readable() wakes at least this often: Wi-Fi check
+_NTP_EVERY_MS = const(43200000)     # re-sync every 12 h (the RTC drifts ~1 s/day)
+_NTP_RETRY_MS = const(60000)        # after a failed sync, doubling up to 1 h
+_NTP_RETRY_MAX_MS = const(3600000)
+_RESOLVE_RETRY_MS = const(10000)    # a _Pending address: DNS at most this often
+_UART_RXBUF = const(2048)           # default 256 overflows in 20 ms at 115200 baud
+_UART_RXBUF_MIN = const(1024)
+_UART_TXBUF = const(1024)           # a whole frame fits: write() rarely waits
+_LOG_FIRST = const(3)               # errors: log the first few, then every 100th
+
+# Resume record (little-endian): header, one (n, next_due) per sensor, CRC-32 of all
+# before it. Layout: magic u32, flags u16, sensor count u16, epoch, next_seq, uptime
+# at wake, time_base: i64 each.
+_REC_MAGIC = const(0x5354524C)      # "STRL"; below 2^31 so it is a small int everywhere
+_REC_HDR = "<IHHqqqq"
+_REC_HDR_LEN = const(40)
+_REC_SENSOR = "<qq"
+_REC_SENSOR_LEN = const(16)
+_REC_HAS_TIME_BASE = const(1)
+_REC_WALL_OK = const(2)             # the RTC held NTP time when the board went to sleep
+
+# Board sensor kinds: parameters and defaults, in the format of firmware/sensors.py
+# KINDS (firmware/config.py checks node.json against them once they are merged there:
+# register_kinds()). Values are integers: mcu_temp in 0.01 degC, adc in mV, sht3x in
+# 0.01 degC / 0.01 %RH ({"t": .., "rh": ..} for measure "both"). A failed read
+# publishes null and is counted in the sensor's `errors`.
+KINDS = {
+    "mcu_temp": {},
+    "adc": {"pin": -1, "samples": 1},
+    "sht3x": {"i2c": 0, "scl": -1, "sda": -1, "address": 0x44, "freq": 100000,
+              "measure": "both"},
+}
+
+
+def register_kinds():
+    # let firmware/config.py accept the board kinds (call before config.load)
+    for k in KINDS:
+        sensors.KINDS[k] = KINDS[k]
+
+
+def _get(cfg, key, default):
+    # a node.json object (dict) or a config object with attributes
+    if isinstance(cfg, dict):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
+def _errno(e):
+    return e.args[0] if e.args else 0
+
+
+class Resume:
+    # What deep_sleep() saved and resume() hands back: the node continues with the
+    # same epoch, next_seq and uptime (uptime already includes the sleep).
+    def __init__(self, epoch, next_seq, uptime, time_base=None, sensor_state=(), wall_ok=False):
+        self.epoch = epoch
+        self.next_seq = next_seq
+        self.uptime = uptime
+        self.time_base = time_base
+        self.sensors = list(sensor_state)   # [(n, next_due), ...] in node.sensors order
+        self.wall_ok = wall_ok
+
+    @staticmethod
+    def from_node(node, sleep_ms, wall_ok=False):
+        # the state of a firmware.node.Node (or anything with the same attributes)
+        st = []
+        for s in node.sensors:
+            st.append((getattr(s, "n", 0), getattr(s, "next_due", 0)))
+        return Resume(node.epoch, node.next_seq, node.uptime + sleep_ms, node.time_base, st,
+                      wall_ok)
+
+    def apply(self, node):
+        # put the saved state into a freshly built node; False (nothing changed) when
+        # its sensors do not match the record (node.json changed while asleep)
+        if len(self.sensors) != len(node.sensors):
+            return False
+        node.epoch = self.epoch
+        node.next_seq = self.next_seq
+        node.uptime = self.uptime
+        node.time_base = self.time_base
+        for i in range(len(self.sensors)):
+            s = node.sensors[i]
+            s.n = self.sensors[i][0]
+            s.next_due = self.sensors[i][1]
+        return True
+
+    def pack(self):
+        ns = len(self.sensors)
+        buf = bytearray(_REC_HDR_LEN + ns * _REC_SENSOR_LEN + 4)
+        flags = (_REC_HAS_TIME_BASE if self.time_base is not None else 0) | (
+            _REC_WALL_OK if self.wall_ok else 0)
+        struct.pack_into(_REC_HDR, buf, 0, _REC_MAGIC, flags, ns, self.epoch, self.next_seq,
+                         self.uptime, self.time_base or 0)
+        off = _REC_HDR_LEN
+        for n, due in self.sensors:
+            struct.pack_into(_REC_SENSOR, buf, off, n, due)
+            off += _REC_SENSOR_LEN
+        struct.pack_into("<I", buf, off, binascii.crc32(memoryview(buf)[:off]) & 0xFFFFFFFF)
+        return bytes(buf)
+
+    @staticmethod
+    def unpack(raw):
+        # a record from pack(), or None for anything else (empty, torn, foreign)
+        if not raw or len(raw) < _REC_HDR_LEN + 4:
+            return None
+        end = len(raw) - 4
+        if binascii.crc32(memoryview(raw)[:end]) & 0xFFFFFFFF != struct.unpack_from("<I", raw, end)[0]:
+            return None
+        magic, flags, ns, epoch, seq, up, tb = struct.unpack_from(_REC_HDR, raw, 0)
+        if magic != _REC_MAGIC or end != _REC_HDR_LEN + ns * _REC_SENSOR_LEN:
+            return None
+        st = []
+        for i in range(ns):
+            st.append(struct.unpack_from(_REC_SENSOR, raw, _REC_HDR_LEN + i * _REC_SENSOR_LEN))
+        return Resume(epoch, seq, up, tb if flags & _REC_HAS_TIME_BASE else None, st,
+                      bool(flags & _REC_WALL_OK))
+
+
+class _Pending:
+    # A host that could not be resolved (radio down at boot): resolved on a later send.
+    def __init__(self, host, port):
+        self.host = host
+        self.port = port
+        self.addr = None
+        self.next_try = None
+
+    def __eq__(self, other):
+        if isinstance(other, _Pending):
+            return self.host == other.host and self.port == other.port
+        return self.addr is not None and self.addr == other
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+
+# Wi-Fi states
+_DOWN = const(0)
+_JOINING = const(1)
+_UP = const(2)
+
+# network.STAT_* names on either port (values differ: ESP32 2xx/10xx, CYW43 -3..3)
+_STAT_NAMES = ("STAT_IDLE", "STAT_CONNECTING", "STAT_GOT_IP", "STAT_WRONG_PASSWORD",
+               "STAT_NO_AP_FOUND", "STAT_CONNECT_FAIL", "STAT_ASSOC_FAIL",
+               "STAT_HANDSHAKE_TIMEOUT", "STAT_BEACON_TIMEOUT")
+_STAT_FAILED = ("STAT_WRONG_PASSWORD", "STAT_NO_AP_FOUND", "STAT_CONNECT_FAIL",
+                "STAT_ASSOC_FAIL", "STAT_HANDSHAKE_TIMEOUT")
+
+
+class Wifi:
+    # Station-mode link with reconnect and backoff; poll() never blocks.
+    def __init__(self, hal, network, wlan, ssid, password, timeout_ms=_WIFI_TIMEOUT_MS):
+        self.hal = hal
+        self.wlan = wlan
+        self.ssid = ssid
+        self.password = password
+        self.timeout_ms = timeout_ms
+        self.state = _DOWN
+        self.t0 = 0
+        self.next_try = hal.ticks_ms()     # first join at the first poll
+        self.backoff = _BACKOFF_MIN_MS
+        self.attempts = 0
+        self.connects = 0
+        self.drops = 0
+        self.failures = 0
+        self.names = {}
+        for n in _STAT_NAMES:
+            v = getattr(network, n, None)
+            if v is not None and v not in self.names:
+                self.names[v] = n[5:].lower()
+        self.failed = []
+        for n in _STAT_FAILED:
+            v = getattr(network, n, None)
+            if v is not None:
+                self.failed.append(v)
+
+    def up(self):
+        return self.state == _UP
+
+    def status_str(self, s):
+        return "%s %s" % (s, self.names.get(s, "?"))
+
+    def poll(self, now):
+        # advance the state machine; True when the link has just come up
+        w = self.wlan
+        up = w.isconnected()
+        st = self.state
+        if st == _UP:
+            if up:
+                return False
+            self.drops += 1
+            self.backoff = _BACKOFF_MIN_MS
+            self._give_up(now, "link lost", w.status())
+            return False
+        if up:   # joined (or the driver re-associated on its own while we waited)
+            self.state = _UP
+            self.connects += 1
+            ip = "?"
+            try:
+                ip = w.ifconfig()[0]
+            except (AttributeError, OSError):
+                pass
+            self.hal.log("wifi: up, %s on %r after %d attempt(s)" % (ip, self.ssid, self.attempts))
+            self.attempts = 0
+            self.backoff = _BACKOFF_MIN_MS
+            return True
+        hal = self.hal
+        if st == _JOINING:
+            s = w.status()
+            waited = hal.ticks_diff(now, self.t0)
+            if s in self.failed:
+                self.failures += 1
+                self._give_up(now, "join failed after %d ms" % waited, s)
+            elif waited >= self.timeout_ms:
+                self.failures += 1
+                self._give_up(now, "join timed out after %d ms" % waited, s)
+            return False
+        if hal.ticks_diff(now, self.next_try) >= 0:
+            self._join(now)
+        return False
+
+    def _join(self, now):
+        self.attempts += 1
+        try:
+            self.wlan.connect(self.ssid, self.password)
+        except OSError as e:   # ESP32: "Wifi Internal State Error" while busy, ...
+            self.failures += 1
+            self._give_up(now, "connect() raised %s" % (e,), -1)
+            return
+        self.state = _JOINING
+        self.t0 = now
+
+    def _give_up(self, now, why, status):
+        # back to DOWN; stop the driver (and the ESP32's own retries); retry after backoff
+        try:
+            self.wlan.disconnect()
+        except OSError:
+            pass
+        hal = self.hal
+        self.state = _DOWN
+        self.next_try = hal._clock.ticks_add(now, self.backoff)
+        hal.log("wifi: %s (status %s), retry in %d ms" % (why, self.status_str(status), self.backoff))
+        self.backoff = min(self.backoff * 2, _BACKOFF_MAX_MS)
+
+
+class BoardUart:
+    # machine.UART behind the chain's UART interface (firmware/uart_unix.py):
+    #   read_into(buf) -> n    bytes copied into buf, 0 when nothing waits (never blocks:
+    #                          asks only for what any() says has arrived)
+    #   any() -> bool          bytes are waiting
+    #   write(data) -> n       all of data; waits while the TX buffer is full (RP2 with
+    #                          timeout=0 writes what fits and raises EAGAIN when nothing
+    #                          does, so this loops), as UnixUart.write does
+    #   stream() / close()     the machine.UART (select.poll watches it) / deinit
+    def __init__(self, uart, uid, baud, rxbuf, sleep_ms):
+        self.uart = uart
+        self.id = uid
+        self.baud = baud
+        self.rxbuf = rxbuf
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.overruns = 0        # reads that found the receive buffer full: bytes lost
+        self._sleep_ms = sleep_ms
+
+    def stream(self):
+        return self.uart
+
+    def any(self):
+        return self.uart.any() > 0
+
+    def read_into(self, buf):
+        u = self.uart
+        n = u.any()
+        if not n:
+            return 0
+        if n >= self.rxbuf:
+            self.overruns += 1
+        if n > len(buf):
+            n = len(buf)
+        got = u.readinto(buf, n)
+        if not got:
+            return 0
+        self.bytes_in += got
+        return got
+
+    def write(self, data):
+        n = len(data)
+        try:
+            done = self.uart.write(data) or 0
+        except OSError:   # EAGAIN: TX buffer full (RP2, timeout=0)
+            done = 0
+        if done < n:      # the rest in pieces; the memoryview (~32 bytes) only here
+            mv = memoryview(data)
+            while done < n:
+                try:
+                    k = self.uart.write(mv[done:])
+                except OSError:
+                    k = 0
+                if not k:
+                    self._sleep_ms(1)   # ~11 bytes drain at 115200 baud meanwhile
+                    k = 0
+                done += k
+        self.bytes_out += n
+        return n
+
+    def close(self):
+        try:
+            self.uart.deinit()
+        except (AttributeError, OSError):
+            pass
+
+
+class BoardSensor:
+    # A board sensor with the interface firmware/node.py uses from sensors.Sensor:
+    # topic, kind, period_ms, n, next_due, sample(). `read` returns an int (or a small
+    # dict); an OSError from the hardware publishes null and is counted.
+    def __init__(self, hal, spec, node_id, index, read):
+        self.hal = hal
+        self.topic = spec["topic"]
+        self.kind = spec["kind"]
+        self.period_ms = spec["period_ms"]
+        self.n = 0
+        # staggered like the synthetic sensors, so nodes do not sample in lockstep
+        self.next_due = sensors.seed_for(node_id, index) % self.period_ms
+        self.errors = 0
+        self._read = read
+
+    def sample(self):
+        self.n += 1
+        try:
+            return self._read()
+        except OSError as e:
+            self.errors += 1
+            if self.errors <= _LOG_FIRST or self.errors % 100 == 0:
+                self.hal.log("sensor %s: read failed (%d so far): %s" % (self.topic, self.errors, e))
+            return None
+
+
+class BoardHal:
+    # Subclasses set these and implement the _hooks at the end.
+    board = "board"
+    has_wifi = False
+    ETIMEDOUT = 110
+    WDT_MIN_MS = 1
+    WDT_MAX_MS = 0               # 0: no upper bound
+    RTC_MAX = 0                  # bytes the deep-sleep record may use (0: no bound)
+
+    def __init__(self, flash_dir="/", quiet=False, clock=None, sockets=None, poller=None,
+                 machine_name=None):
+        # clock: the time module (tests pass a fake clock with the same functions);
+        # sockets: the socket module, imported on first use (the Pico has none);
+        # poller: select.poll(); machine_name: sys.implementation._machine
+        if clock is None:
+            import time
+            clock = time
+        self._clock = clock
+        self.ticks_ms = clock.ticks_ms          # bound once: no method lookup per call
+        self.ticks_diff = clock.ticks_diff
+        self.flash_dir = flash_dir
+        self.quiet = quiet
+        self.machine_name = (machine_name if machine_name is not None
+                             else getattr(sys.implementation, "_machine", ""))
+        self._so = sockets
+        self._poll = poller if poller is not None else select.poll()
+        self._npoll = 0
+        self._socks = []
+        self._uarts = []
+        self.stop_requested = False
+        # the RTC counts from 2000 on the ESP32
+        self._epoch_ms = _EPOCH_2000_MS if clock.gmtime(0)[0] == 2000 else 0
+        self._wall_ok = False
+        self._synced = False
+        self._wdt = None
+        self.wdt_ms = 0
+        self._slice_ms = _SLICE_MS
+        self._wifi = None
+        self._ntp_on = False
+        self._ntp_host = None
+        self._ntp_next = 0
+        self._ntp_retry = _NTP_RETRY_MS
+        self._resumed = None
+        self._resume_done = False
+        # counters (stats())
+        self.send_down = 0       # refused at once: Wi-Fi down
+        self.send_errors = 0     # the stack refused (buffer full, no route, ...)
+        self.recv_errors = 0     # receive errors other than "nothing waiting"
+        self.ntp_syncs = 0
+        self.ntp_errors = 0
+
+    # --- setup after node.json is known ----------------------------------------------
+    def begin(self, cfg, watchdog_ms=None):
+        # Start the watchdog and Wi-Fi as cfg (firmware.config.Config) says. Waits up
+        # to wifi_wait_ms (15 s) for the first association, feeding the watchdog;
+        # without it the node starts anyway and feed() keeps trying.
+        if watchdog_ms is None:
+            watchdog_ms = _get(cfg, "watchdog_ms", 0) or 0
+        if watchdog_ms:
+            self.start_watchdog(watchdog_ms)
+        ssid = _get(cfg, "wifi_ssid", "")
+        if not ssid:
+            return
+        if not self.has_wifi:
+            self.log("wifi: %r configured but this %s has no radio" % (ssid, self.board))
+            return
+        import network
+        self._set_country(network, _get(cfg, "wifi_country", ""))
+        try:
+            network.hostname("starling-%d" % _get(cfg, "node", 0))  # DHCP name, >= 1.20
+        except (AttributeError, OSError, ValueError):
+            pass
+        wlan = network.WLAN(network.STA_IF)
+        wlan.active(True)
+        self._wifi = Wifi(self, network, wlan, ssid, _get(cfg, "wifi_password", ""),
+                          _get(cfg, "wifi_timeout_ms", _WIFI_TIMEOUT_MS))
+        self._ntp_on = _get(cfg, "ntp", True)
+        self._ntp_host = _get(cfg, "ntp_host", None)
+        self.log("wifi: joining %r" % ssid)
+        self.wait_link(_get(cfg, "wifi_wait_ms", _WIFI_WAIT_MS))
+
+    def start_watchdog(self, ms):
+        # machine.WDT within this port's bounds; cannot be stopped afterwards
+        lo = self.WDT_MIN_MS
+        hi = self.WDT_MAX_MS
+        if ms < lo or (hi and ms > hi):
+            want = ms
+            ms = lo if ms < lo else hi
+            self.log("watchdog: %d ms is outside %d..%s on %s: using %d" % (
+                want, lo, hi or "any", self.board, ms))
+        self._wdt = machine.WDT(timeout=ms)
+        self.wdt_ms = ms
+        # feed at least twice per period from wait_readable()
+        if ms // 2 < self._slice_ms:
+            self._slice_ms = ms // 2 if ms >= 2 else 1
+        return ms
+
+    def wait_link(self, timeout_ms):
+        # block (feeding the watchdog) until Wi-Fi is up or timeout_ms passed
+        clock = self._clock
+        start = clock.ticks_ms()
+        while not self.link_up():
+            if clock.ticks_diff(clock.ticks_ms(), start) >= timeout_ms:
+                self.log("wifi: not up after %d ms: sampling anyway, sends fail until it is"
+                         % timeout_ms)
+                return False
+            clock.sleep_ms(100)
+            self.feed()
+        return True
+
+    # --- the loop ----------------------------------------------------------------------
+    def feed(self):
+        # Once per node step (and between wait slices): watchdog, Wi-Fi, NTP.
+        if self._wdt is not None:
+            self._wdt.feed()
+        w = self._wifi
+        if w is None:
+            return
+        now = self._clock.ticks_ms()
+        if w.poll(now) and self._ntp_on:
+            self._ntp_next = now
+            self._ntp_retry = _NTP_RETRY_MS
+        if self._ntp_on and w.state == _UP and self.ticks_diff(now, self._ntp_next) >= 0:
+            self._ntp(now)
+
+    def link_up(self):
+        return self._wifi is not None and self._wifi.state == _UP
+
+    def time_synced(self):
+        # True once after each NTP sync (the node refreshes its time base then)
+        s = self._synced
+        self._synced = False
+        return s
+
+    def _ntp(self, now):
+        # blocks up to ntptime.timeout (1 s) plus DNS; the watchdog is fed before
+        import ntptime
+        if self._ntp_host:
+            ntptime.host = self._ntp_host
+        if self._wdt is not None:
+            self._wdt.feed()
+        try:
+            ntptime.settime()
+        except Exception as e:  # OSError (timeout, DNS), or a malformed reply: retry later
+            self.ntp_errors += 1
+            self._ntp_next = self._clock.ticks_add(now, self._ntp_retry)
+            self.log("ntp: failed (%s), retry in %d s" % (e, self._ntp_retry // 1000))
+            self._ntp_retry = min(self._ntp_retry * 2, _NTP_RETRY_MAX_MS)
+            return
+        self.ntp_syncs += 1
+        self._wall_ok = True
+        self._synced = True
+        self._ntp_retry = _NTP_RETRY_MS
+        self._ntp_next = self._clock.ticks_add(now, _NTP_EVERY_MS)
+        self.log("ntp: clock set, unix ms %d" % self.wall_ms())
+
+    # --- clocks --------------------------------------------------------------------------
+    def ticks_ms(self):   # replaced per instance by the clock's own (see __init__)
+        return self._clock.ticks_ms()
+
+    def ticks_diff(self, a, b):
+        return self._clock.ticks_diff(a, b)
+
+    def wall_ms(self):
+        # Unix ms, or None while the RTC has not been set by NTP
+        if not self._wall_ok:
+            return None
+        return self._clock.time_ns() // 1000000 + self._epoch_ms
+
+    def sleep_ms(self, ms):
+        if ms > 0:
+            self._clock.sleep_ms(ms)
+
+    # --- network -----------------------------------------------------------------------
+    def _sockets(self):
+        if not self.has_wifi:
+            raise OSError(19, "no network on this %s: use the serial chain" % self.board)
+        if self._so is None:
+            import socket
+            self._so = socket
+        return self._so
+
+    def udp_open(self, port=0, reuse=False, broadcast=False, bind="0.0.0.0"):
+        so = self._sockets()
+        s = so.socket(so.AF_INET, so.SOCK_DGRAM)
+        try:
+            if reuse:
+                s.setsockopt(so.SOL_SOCKET, so.SO_REUSEADDR, 1)
+            if broadcast:
+                try:
+                    s.setsockopt(so.SOL_SOCKET, so.SO_BROADCAST, 1)
+                except (AttributeError, OSError):   # not on every lwIP build
+                    pass
+            s.bind(so.getaddrinfo(bind, port)[0][-1])
+            s.setblocking(False)
+        except Exception:
+            s.close()
+            raise
+        self._socks.append(s)
+        self.watch(s)
+        return s
+
+    def resolve(self, host, port):
+        try:
+            return self._sockets().getaddrinfo(host, port)[0][-1]
+        except OSError as e:   # no radio yet, or DNS down: resolve on a later send
+            self.log("resolve %s: %s: will retry when sending" % (host, e))
+            return _Pending(host, port)
+
+    def addr_with_port(self, addr, port):
+        if isinstance(addr, tuple):
+            return (addr[0], port)
+        b = bytearray(addr)   # raw struct sockaddr_in: port big-endian at bytes 2..3
+        b[2] = (port >> 8) & 255
+        b[3] = port & 255
+        return bytes(b)
+
+    def addr_str(self, addr):
+        if isinstance(addr, _Pending):
+            return "%s:%d" % (addr.host, addr.port) + ("" if addr.addr else " (unresolved)")
+        if isinstance(addr, tuple):
+            return "%s:%d" % (addr[0], addr[1])
+        return repr(addr)
+
+    def _resolved(self, p):
+        if p.addr is None:
+            now = self._clock.ticks_ms()
+            if p.next_try is not None and self.ticks_diff(now, p.next_try) < 0:
+                return None
+            p.next_try = self._clock.ticks_add(now, _RESOLVE_RETRY_MS)
+            try:
+                p.addr = self._sockets().getaddrinfo(p.host, p.port)[0][-1]
+            except OSError:
+                return None
+        return p.addr
+
+    def udp_send(self, sock, addr, data):
+        # never blocks; False when the datagram did not go (the node counts it)
+        w = self._wifi
+        if w is not None and w.state != _UP:
+            self.send_down += 1
+            return False
+        if isinstance(addr, _Pending):
+            addr = self._resolved(addr)
+            if addr is None:
+                self.send_errors += 1
+                return False
+        try:
+            sock.sendto(data, addr)
+            return True
+        except OSError as e:   # EAGAIN / ENOMEM (lwIP out of pbufs), EHOSTUNREACH, ...
+            self.send_errors += 1
+            if self.send_errors <= _LOG_FIRST or self.send_errors % 100 == 0:
+                self.log("udp send error %d (%d so far)" % (_errno(e), self.send_errors))
+            return False
+
+    def udp_recv(self, sock):
+        try:
+            data, addr = sock.recvfrom(_MAX_DATAGRAM)
+        except OSError as e:
+            n = _errno(e)
+            if n != _EAGAIN and n != self.ETIMEDOUT:   # both mean "nothing waiting"
+                self.recv_errors += 1
+            return None
+        return data, addr
+
+    def watch(self, stream):
+        # wait_readable() returns early when `stream` (socket or UART) is readable
+        self._poll.register(stream, select.POLLIN)
+        self._npoll += 1
+
+    def wait_readable(self, timeout_ms):
+        # Sleep until something watched is readable or timeout_ms passed, in slices of
+        # at most _slice_ms with feed() between them (watchdog, Wi-Fi, NTP).
+        clock = self._clock
+        start = clock.ticks_ms()
+        left = timeout_ms if timeout_ms > 0 else 0
+        while True:
+            self.feed()
+            n = left if left < self._slice_ms else self._slice_ms
+            if self._npoll:
+                if self._poll.poll(n):
+                    return True
+            else:
+                clock.sleep_ms(n)
+            left = timeout_ms - clock.ticks_diff(clock.ticks_ms(), start)
+            if left <= 0:
+                return False
+
+    def close(self):
+        for u in self._uarts:
+            try:
+                self._poll.unregister(u.stream())
+                self._npoll -= 1
+            except Exception:
+                pass
+            u.close()
+        self._uarts = []
+        for s in self._socks:
+            try:
+                self._poll.unregister(s)
+                self._npoll -= 1
+            except Exception:
+                pass
+            s.close()
+        self._socks = []
+
+    # --- UART for the serial chain ---------------------------------------------------------
+    def uart_open(self, spec):
+        # A BoardUart for one chain link: 8N1, non-blocking reads (timeout=0), watched
+        # by wait_readable(). spec: a checked uart.up / uart.down dict of node.json
+        # {"id", "tx", "rx", "baud" [115200], "rxbuf" [2048, raised to at least
+        # 1024], "txbuf" [1024]} ("path" is the unix port's and ignored here).
+        # Raises ValueError naming the bad field (ESP32: UART0 is the REPL; RP2: pins
+        # fixed by the pin mux).
+        uid = _get(spec, "id", -1)
+        tx = _get(spec, "tx", -1)
+        rx = _get(spec, "rx", -1)
+        baud = _get(spec, "baud", 115200) or 115200
+        rxbuf = _get(spec, "rxbuf", _UART_RXBUF) or _UART_RXBUF
+        if rxbuf < _UART_RXBUF_MIN:
+            rxbuf = _UART_RXBUF_MIN
+        txbuf = _get(spec, "txbuf", _UART_TXBUF) or _UART_TXBUF
+        self._check_uart(uid, tx, rx)
+        if not 1200 <= baud <= 5000000:
+            raise ValueError("uart.baud: expected 1200..5000000, got %r" % (baud,))
+        u = machine.UART(uid, baud, bits=8, parity=None, stop=1, tx=machine.Pin(tx),
+                         rx=machine.Pin(rx), rxbuf=rxbuf, txbuf=txbuf, timeout=0)
+        bu = BoardUart(u, uid, baud, rxbuf, self.sleep_ms)
+        self._uarts.append(bu)
+        self.watch(u)
+        return bu
+
+    # --- board sensors ---------------------------------------------------------------------
+    def make_sensor(self, spec, node_id, index):
+        # a BoardSensor for a checked spec of one of KINDS; ValueError for bad params
+        kind = spec["kind"]
+        if kind == "mcu_temp":
+            read = self._mcu_temp_reader()
+        elif kind == "adc":
+            samples = spec.get("samples", 1)
+            if not 1 <= samples <= 64:   # 64 * 3.3e6 uV stays below 2^30
+                raise ValueError("sensor %s: samples must be 1..64" % spec["topic"])
+            read = self._adc_reader(spec.get("pin", -1), samples)
+        elif kind == "sht3x":
+            read = self._sht3x_reader(spec)
+        else:
+            raise ValueError("sensor kind %r is not a board kind" % (kind,))
+        return BoardSensor(self, spec, node_id, index, read)
+
+    def make_sensors(self, specs, node_id, f32=False):
+        # node.sensors for a checked node.json: board kinds here, the rest synthetic
+        out = []
+        for i in range(len(specs)):
+            spec = specs[i]
+            if spec["kind"] in KINDS:
+                out.append(self.make_sensor(spec, node_id, i))
+            else:
+                out.append(sensors.Sensor(spec, node_id, i, f32))
+        return out
+
+    def _sht3x_reader(self, spec):
+        from firmware import sht3x
+        freq = spec.get("freq", 100000)
+        scl = spec.get("scl", -1)
+        sda = spec.get("sda", -1)
+        if scl >= 0 and sda >= 0:
+            i2c = machine.I2C(spec.get("i2c", 0), scl=machine.Pin(scl), sda=machine.Pin(sda),
+                              freq=freq)
+        else:   # the port's default pins for this bus
+            i2c = machine.I2C(spec.get("i2c", 0), freq=freq)
+        dev = sht3x.SHT3x(i2c, spec.get("address", 0x44), sleep_ms=self.sleep_ms)
+        what = spec.get("measure", "both")
+        if what == "t":
+            def read_t():
+                dev.measure()
+                return dev.temperature_centi
+            return read_t
+        if what == "rh":
+            def read_rh():
+                dev.measure()
+                return dev.humidity_centi
+            return read_rh
+        if what == "both":
+            def read_both():
+                dev.measure()
+                return {"t": dev.temperature_centi, "rh": dev.humidity_centi}
+            return read_both
+        raise ValueError("sensor %s: measure must be \"t\", \"rh\" or \"both\"" % spec["topic"])
+
+    # --- deep sleep -------------------------------------------------------------------------
+    def resume(self):
+        # Once at boot, before the epoch file: the Resume saved by deep_sleep() if this
+        # boot is a wake from it, else None (new epoch). The record is cleared either
+        # way, so a later reset cannot resume it twice.
+        if self._resume_done:
+            return self._resumed
+        self._resume_done = True
+        r = None
+        if self._woke_from_deep_sleep():
+            r = Resume.unpack(self._rtc_load())
+            if r is None:
+                self.log("deep-sleep wake without a valid resume record: new epoch")
+        self._rtc_clear()
+        if r is not None:
+            if r.wall_ok and self._rtc_keeps_time():
+                self._wall_ok = True
+            self.log("resumed from deep sleep: epoch %d, next seq %d, uptime %d ms" % (
+                r.epoch, r.next_seq, r.uptime))
+        self._resumed = r
+        return r
+
+    def deep_sleep(self, ms, node):
+        # Save the node's state (see Resume) and power down for ms. On a board this
+        # does not return: the board boots again and resume() returns the same
+        # Resume. Returns it where the sleep returns (tests' fake machine).
+        ms = self._clamp_sleep(ms)
+        r = Resume.from_node(node, ms, self._wall_ok)
+        data = r.pack()
+        if self.RTC_MAX and len(data) > self.RTC_MAX:
+            raise ValueError("resume record of %d bytes exceeds the %d of RTC memory (too many sensors)"
+                             % (len(data), self.RTC_MAX))
+        self._rtc_store(data)
+        self.log("deep sleep %d ms: epoch %d, next seq %d" % (ms, r.epoch, r.next_seq))
+        self.close()
+        self._sleep_now(ms)
+        return r
+
+    # --- flash ------------------------------------------------------------------------------
+    def _path(self, name):
+        d = self.flash_dir
+        if not d:
+            return name
+        return d + name if d.endswith("/") else d + "/" + name
+
+    def read_file(self, name):
+        path = self._path(name)
+        for p in (path, path + ".tmp"):
+            # .tmp: a FAT rename fallback interrupted between remove and rename
+            # (littlefs never leaves that state)
+            try:
+                with open(p, "rb") as f:
+                    return f.read()
+            except OSError:
+                pass
+        return None
+
+    def write_file_atomic(self, name, data):
+        # write a temporary file, then rename over the old one: atomic on littlefs v2
+        # (the default filesystem on ESP32 and RP2; there is no os.replace)
+        import os
+        path = self._path(name)
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        try:
+            os.rename(tmp, path)
+        except OSError:   # FAT (older ESP32 images) will not rename over a file
+            os.remove(path)
+            os.rename(tmp, path)
+
+    def append_file(self, name, data):
+        # append and close: the close commits the data on littlefs (batch the appends:
+        # each small flushed append costs about one block erase)
+        with open(self._path(name), "ab") as f:
+            f.write(data)
+
+    def remove_file(self, name):
+        import os
+        try:
+            os.remove(self._path(name))
+        except OSError:
+            pass
+
+    # --- memory and logs ----------------------------------------------------------------------
+    def free_mem(self):
+        import gc
+        f = getattr(gc, "mem_free", None)
+        return f() if f is not None else 0
+
+    def mem_alloc(self):
+        import gc
+        f = getattr(gc, "mem_alloc", None)
+        return f() if f is not None else 0
+
+    def log(self, msg):
+        if not self.quiet:
+            print(msg)
+
+    def stats(self):
+        w = self._wifi
+        return {"send_down": self.send_down, "send_errors": self.send_errors,
+                "recv_errors": self.recv_errors, "ntp_syncs": self.ntp_syncs,
+                "ntp_errors": self.ntp_errors, "wdt_ms": self.wdt_ms,
+                "wifi_connects": w.connects if w else 0, "wifi_drops": w.drops if w else 0,
+                "wifi_failures": w.failures if w else 0}
+
+    # --- board hooks (subclasses) -----------------------------------------------------------
+    def _set_country(self, network, code):
+        # regulatory domain before the radio starts (channels 12-13 and power)
+        if code:
+            try:
+                network.country(code)
+            except (AttributeError, ValueError, OSError) as e:
+                self.log("wifi: country %r not set: %s" % (code, e))
+
+    def _check_uart(self, uid, tx, rx):
+        raise ValueError("no UART rules for %s" % self.board)
+
+    def _mcu_temp_reader(self):
+        raise ValueError("mcu_temp: not on %s" % self.board)
+
+    def _adc_reader(self, pin, samples):
+        raise ValueError("adc: not on %s" % self.board)
+
+    def _clamp_sleep(self, ms):
+        return ms
+
+    def _rtc_keeps_time(self):
+        # does the wall clock run on through deep sleep?
+        return False
+
+    def _woke_from_deep_sleep(self):
+        return False
+
+    def _rtc_load(self):
+        return None
+
+    def _rtc_store(self, data):
+        raise OSError(19, "deep sleep not supported on %s" % self.board)
+
+    def _rtc_clear(self):
+        pass
+
+    def _sleep_now(self, ms):
+        machine.deepsleep(ms)
