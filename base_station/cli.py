@@ -31,7 +31,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("sim.cli", "run simulated sensor nodes"),
     "build": ("base_station.build", "build a flashable bundle for a board from node.json"),
     "flash": ("base_station.flash", "copy a bundle onto a board with mpremote and verify it"),
-    # "chain": ("base_station.chain", "serial chain head"),   # when it exists
+    "chain": ("base_station.chain_cmd", "show a serial chain's topology and link health"),
 }
 
 _COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None],
@@ -57,12 +57,25 @@ def _hostport(default_host: str, default_port: int) -> Callable[[str], tuple[str
     return parse
 
 
+def _serial_port(text: str) -> tuple[str, int]:
+    from base_station.serial_head import parse_port
+    try:
+        return parse_port(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_station_arguments(p: argparse.ArgumentParser, udp_default: str = "0.0.0.0:%d" % codes.UDP_PORT,
                           discovery_default: str = "255.255.255.255:%d" % codes.DISCOVERY_PORT) -> None:
     """Options shared by `listen` and `demo`."""
     g = p.add_argument_group("network")
     g.add_argument("--udp", action="append", type=_hostport("0.0.0.0", codes.UDP_PORT),
-                   metavar="HOST:PORT", help="receive on this address (repeatable; default %s)" % udp_default)
+                   metavar="HOST:PORT", help="receive on this address (repeatable; default %s, "
+                   "none when --serial is given)" % udp_default)
+    g.add_argument("--serial", action="append", type=_serial_port, metavar="PORT[@BAUD]",
+                   help="head of a serial chain on this port (device, symlink or pyserial URL; "
+                        "repeatable; baud default 115200). With --serial and no --udp, no UDP "
+                        "socket is opened and nothing is announced over UDP")
     g.add_argument("--discovery", action="append", type=_hostport("255.255.255.255", codes.DISCOVERY_PORT),
                    metavar="HOST:PORT",
                    help="send ANNOUNCE here (repeatable; default %s)" % discovery_default)
@@ -114,15 +127,21 @@ def build_station(args: argparse.Namespace, **overrides: Any):
     if args.senml:
         sinks.append(SenMLSink(args.senml))
     adv = args.advertise or ("", 0)
+    serial_ports = getattr(args, "serial", None) or []
+    serial_only = bool(serial_ports) and not args.udp
     kw: dict[str, Any] = dict(
-        udp=args.udp or [("0.0.0.0", codes.UDP_PORT)],
+        udp=args.udp or ([] if serial_only else [("0.0.0.0", codes.UDP_PORT)]),
         discovery=args.discovery or [("255.255.255.255", codes.DISCOVERY_PORT)],
-        announce=not args.no_announce, base_id=args.base_id,
+        announce=not args.no_announce and not serial_only, base_id=args.base_id,
         advertise=(adv[0], adv[1] or None), filters=args.filter or ["#"],
         max_rate=args.max_rate, lease=args.lease, keys=keys, sinks=sinks,
         max_datagram=args.max_datagram)
     kw.update(overrides)
-    return BaseStation(**kw)
+    station = BaseStation(**kw)
+    if serial_ports:
+        from base_station.serial_head import heads_for
+        heads_for(station, serial_ports)
+    return station
 
 
 def _setup_logging(verbose: int) -> None:
@@ -139,8 +158,12 @@ async def serve(station, args: argparse.Namespace, extra_task: Callable[[], Any]
     out = sys.stderr if args.jsonl == "-" else sys.stdout
     live_ok = out.isatty() and not args.plain
     await station.start()
-    print("starling: listening on %s" % ", ".join("%s:%d" % a for a in station.addresses),
-          file=out, flush=True)
+    if station.addresses or not station.heads:
+        print("starling: listening on %s" % ", ".join("%s:%d" % a for a in station.addresses),
+              file=out, flush=True)
+    for head in station.heads:
+        print("starling: serial chain head on %s at %d Bd" % (head.port, head.baud), file=out,
+              flush=True)
     if station.announcer is not None:
         print("starling: announcing as %r to %s" % (
             station.base_id, ", ".join("%s:%d" % a for a in station.discovery)), file=out, flush=True)

@@ -253,6 +253,7 @@ class BaseStation:
         self.nodes: dict[int, NodeAccount] = {}
         self.listeners: list[UdpListener] = []
         self.announcer: Announcer | None = None
+        self.heads: list[Any] = []   # serial chain heads (base_station.serial_head)
         self.counters: dict[str, int] = dict.fromkeys(
             ("datagrams", "bytes", "messages", "readings", "malformed", "rejected",
              "unknown_kind", "extra_fields", "ignored", "internal_errors", "sink_errors",
@@ -285,6 +286,8 @@ class BaseStation:
                 lst.close()
             self.listeners.clear()
             raise
+        for head in self.heads:
+            head.start()
         if self.announce_enabled:
             self.announcer = Announcer(self.discovery, self.make_announce, self.lease / 3)
             self.announcer.start()
@@ -305,6 +308,9 @@ class BaseStation:
             await self.announcer.stop(goodbye=True)
         for lst in self.listeners:
             lst.close()
+        for head in self.heads:
+            await asyncio.get_running_loop().run_in_executor(None, head.stop)
+        await asyncio.sleep(0)   # run the ingests the heads queued before they stopped
         for sub in list(self._subs):
             sub.close()
         loop = asyncio.get_running_loop()
@@ -355,6 +361,14 @@ class BaseStation:
     def add_sink(self, sink: Sink) -> None:
         self.sinks.append(sink)
 
+    def add_head(self, head: Any) -> None:
+        """Attach a serial chain head (base_station.serial_head.SerialHead): started by
+        start() (or now, if the station runs already), stopped by stop(), reported in
+        summary()["serial"][head.name]."""
+        self.heads.append(head)
+        if self._loop is not None and not self._closed:
+            head.start()
+
     # -- subscribers -----------------------------------------------------------------------
     def subscribe(self, pattern: str = "#", maxsize: int = 100_000) -> Subscription:
         """An async iterator of the new readings whose topic matches `pattern`:
@@ -392,6 +406,18 @@ class BaseStation:
         """ingest() from another thread (e.g. a serial reader thread)."""
         assert self._loop is not None, "station not started"
         self._loop.call_soon_threadsafe(self.ingest, data, source)
+
+    def ingest_many_threadsafe(self, datas: list[bytes], source: Any) -> None:
+        """ingest() each of `datas`, in order, from another thread, with one wake-up of
+        the loop (a serial head hands over the messages of a DATA frame this way).
+        Raises RuntimeError when the loop is closed."""
+        assert self._loop is not None, "station not started"
+        self._loop.call_soon_threadsafe(self._ingest_many, datas, source)
+
+    def _ingest_many(self, datas: list[bytes], source: Any) -> None:
+        arrival = self.clock()
+        for data in datas:
+            self.ingest(data, source, arrival)
 
     def ingest(self, data: bytes, source: Any = None, arrival: float | None = None) -> None:
         """One datagram (or serial frame payload) from `source`. Never raises."""
@@ -674,6 +700,8 @@ class BaseStation:
         out["sinks"] = {s.name: s.stats() for s in self.sinks}
         out["uptime"] = round(self.clock() - self.started, 3)
         out["listening"] = ["%s:%d" % a for a in self.addresses]
+        if self.heads:
+            out["serial"] = {h.name: h.stats() for h in self.heads}
         return out
 
     def summary_json(self, **kw: Any) -> str:
