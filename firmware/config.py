@@ -28,6 +28,28 @@
 #                    on a board (for the CPython/unix simulator)
 #   host_clock       bool [false]: take the time base from the HAL's wall clock
 #                    at boot (unix HAL) instead of waiting for an ANNOUNCE
+#
+# Serial chain (transport "serial", firmware/chain.py; bases and discovery are not used):
+#   uart             {"up": UART, "down": UART or null}, required, "up" not null
+#                    UART = {"id": int, "tx": int, "rx": int, "baud": int [115200],
+#                            "path": str (unix port: the pty), "rxbuf": int [1024]}
+#   durable          bool [false]: keep accepted events and forwarded messages in a
+#                    flash log until acknowledged (firmware/outbox.py)
+#   outbox           {"max": int [256], "max_bytes": int [8192],
+#                     "policy": "drop_oldest" | "drop_newest" | "block" ["drop_oldest"]}
+#   forward          {"max": int [256], "max_bytes": int [8192]}: lower nodes' messages,
+#                    counted until acknowledged upstream (so at least the up link's
+#                    capacity: window x max_payload in flight + 2 x max_payload queued)
+#   window           int 1..64 [8]: link window (frames in flight, frames buffered)
+#   link             {"max_payload": int 128..1016 [256] (a STATUS must fit: ~100 bytes),
+#                     "frame_bytes": int 0..1016 [0]: target DATA payload per frame on a
+#                     lossy line (0: fill frames up to max_payload), "max_retries": int [16],
+#                     "rto_ms": [1000], "keepalive_ms": [1000], "dead_after_ms": [3000]}
+#   log              {"flush_records": [16], "flush_ms": [200], "cursor_acks": [32],
+#                     "cursor_ms": [1000], "segment_bytes": 2048..65535 [4096],
+#                     "ack_delay_ms": [20]: forwarded messages are flushed within this,
+#                     and the down link's ACK waits for that flush}
+#   stop_drain_ms    int [1000]: at a planned stop, keep sending this long to empty the outbox
 import json
 
 from protocol import codes
@@ -109,11 +131,37 @@ class Config:
         self.batch_ms = 0
         self.float32 = False
         self.host_clock = False
+        # serial chain
+        self.uart_up = None        # dict (checked, defaults filled) or None
+        self.uart_down = None
+        self.durable = False
+        self.outbox_max = 256
+        self.outbox_max_bytes = 8192
+        self.outbox_policy = "drop_oldest"
+        self.forward_max = 256
+        self.forward_max_bytes = 8192
+        self.window = 8
+        self.link = dict(LINK_DEFAULTS)
+        self.log = dict(LOG_DEFAULTS)
+        self.stop_drain_ms = 1000
 
 
 _TOP = ("node", "transport", "wifi", "sensors", "bases", "discovery", "key",
         "status_every_ms", "firmware", "max_subscribers", "max_events", "batch_ms",
-        "float32", "host_clock")
+        "float32", "host_clock", "uart", "durable", "outbox", "forward", "window", "link",
+        "log", "stop_drain_ms")
+TRANSPORTS = ("udp", "serial")
+POLICIES = ("drop_oldest", "drop_newest", "block")
+LINK_DEFAULTS = {"max_payload": 256, "frame_bytes": 0, "max_retries": 16, "rto_ms": 1000,
+                 "keepalive_ms": 1000, "dead_after_ms": 3000}
+_LINK_RANGES = {"max_payload": (128, 1016), "frame_bytes": (0, 1016), "max_retries": (0, 1000),
+                "rto_ms": (100, 4000),
+                "keepalive_ms": (10, 60000), "dead_after_ms": (20, 600000)}
+LOG_DEFAULTS = {"flush_records": 16, "flush_ms": 200, "cursor_acks": 32, "cursor_ms": 1000,
+                "segment_bytes": 4096, "ack_delay_ms": 20}
+_LOG_RANGES = {"flush_records": (1, 100), "flush_ms": (0, 60000), "cursor_acks": (1, 10000),
+               "cursor_ms": (0, 600000), "segment_bytes": (2048, 65535),
+               "ack_delay_ms": (0, 10000)}
 
 
 def _sensor(spec, i, topics):
@@ -168,8 +216,8 @@ def from_dict(d):
         raise ConfigError("node.json: node: missing (the node id, an integer 0..4294967295)")
     c.node = _int(d, "node", "", 0, _MAX_U32)
     c.transport = d.get("transport", "udp")
-    if c.transport != "udp":
-        _fail("transport", '"udp" (the only transport of this firmware)', c.transport)
+    if c.transport not in TRANSPORTS:
+        _fail("transport", '"udp" or "serial"', c.transport)
     wifi = d.get("wifi")
     if wifi is not None:
         if not isinstance(wifi, dict):
@@ -219,9 +267,89 @@ def from_dict(d):
     c.batch_ms = _int(d, "batch_ms", "", 0, 60000, 0)
     c.float32 = _bool(d, "float32", "", False)
     c.host_clock = _bool(d, "host_clock", "", False)
+    _serial(d, c)
+    if c.transport == "serial":
+        return c
     if not c.bases and c.discovery_port is None:
         raise ConfigError("node.json: no bases and no discovery: the node would have nobody to send to")
     return c
+
+
+def _uart(spec, where):
+    if not isinstance(spec, dict):
+        _fail(where, 'an object {"id": ..., "tx": ..., "rx": ..., "baud": ..., "path": ...}', spec)
+    _check_keys(spec, ("id", "tx", "rx", "baud", "path", "rxbuf"), where + ".")
+    out = {"baud": _int(spec, "baud", where + ".", 1200, 5000000, 115200),
+           "rxbuf": _int(spec, "rxbuf", where + ".", 64, 65536, 1024)}
+    for k in ("id", "tx", "rx"):
+        out[k] = _int(spec, k, where + ".", 0, 255, None, True)
+    path = spec.get("path")
+    if path is not None and (not isinstance(path, str) or not path):
+        _fail(where + ".path", "a device path", path)
+    out["path"] = path
+    return out
+
+
+def _section(d, key, defaults, ranges):
+    v = d.get(key)
+    out = dict(defaults)
+    if v is None:
+        return out
+    if not isinstance(v, dict):
+        _fail(key, "an object with keys " + ", ".join(sorted(defaults)), v)
+    _check_keys(v, list(defaults), key + ".")
+    for k in defaults:
+        lo, hi = ranges[k]
+        out[k] = _int(v, k, key + ".", lo, hi, defaults[k])
+    return out
+
+
+def _serial(d, c):
+    # the serial-chain keys; checked for every transport, required only for "serial"
+    uart = d.get("uart")
+    if uart is None:
+        if c.transport == "serial":
+            raise ConfigError('node.json: uart.up: missing: transport "serial" needs '
+                              '{"uart": {"up": {...}, "down": {...} or null}}')
+    else:
+        if not isinstance(uart, dict):
+            _fail("uart", 'an object {"up": {...}, "down": {...} or null}', uart)
+        _check_keys(uart, ("up", "down"), "uart.")
+        if uart.get("up") is None:
+            if c.transport == "serial":
+                raise ConfigError('node.json: uart.up: missing: transport "serial" needs '
+                                  'an upstream UART')
+        else:
+            c.uart_up = _uart(uart["up"], "uart.up")
+        if uart.get("down") is not None:
+            c.uart_down = _uart(uart["down"], "uart.down")
+    c.durable = _bool(d, "durable", "", False)
+    ob = d.get("outbox")
+    if ob is not None:
+        if not isinstance(ob, dict):
+            _fail("outbox", 'an object {"max": ..., "max_bytes": ..., "policy": ...}', ob)
+        _check_keys(ob, ("max", "max_bytes", "policy"), "outbox.")
+        c.outbox_max = _int(ob, "max", "outbox.", 1, 65536, 256)
+        c.outbox_max_bytes = _int(ob, "max_bytes", "outbox.", 64, 1 << 24, 8192)
+        c.outbox_policy = ob.get("policy", "drop_oldest")
+        if c.outbox_policy not in POLICIES:
+            _fail("outbox.policy", "one of " + ", ".join(POLICIES), c.outbox_policy)
+    fw = d.get("forward")
+    if fw is not None:
+        if not isinstance(fw, dict):
+            _fail("forward", 'an object {"max": ..., "max_bytes": ...}', fw)
+        _check_keys(fw, ("max", "max_bytes"), "forward.")
+        c.forward_max = _int(fw, "max", "forward.", 1, 65536, 256)
+        c.forward_max_bytes = _int(fw, "max_bytes", "forward.", 64, 1 << 24, 8192)
+    c.window = _int(d, "window", "", 1, 64, 8)
+    c.link = _section(d, "link", LINK_DEFAULTS, _LINK_RANGES)
+    if c.link["keepalive_ms"] >= c.link["dead_after_ms"]:
+        _fail("link.keepalive_ms", "less than dead_after_ms (%d)" % c.link["dead_after_ms"],
+              c.link["keepalive_ms"])
+    c.log = _section(d, "log", LOG_DEFAULTS, _LOG_RANGES)
+    if c.log["segment_bytes"] < c.link["max_payload"] + 32:
+        _fail("log.segment_bytes", "at least link.max_payload + 32", c.log["segment_bytes"])
+    c.stop_drain_ms = _int(d, "stop_drain_ms", "", 0, 600000, 1000)
 
 
 def parse(text):

@@ -12,7 +12,11 @@
 #   udp_recv(handle) -> (data, addr) or None   non-blocking
 #   wait_readable(timeout_ms) -> bool   sleep until a socket is readable or timeout
 #   read_file(name) -> bytes or None / write_file_atomic(name, data)   flash
+#   append_file(name, data) / remove_file(name)   flash, for the chain's outbox log
+#   uart_open(spec) -> UART (read_into/any/write, firmware/uart_unix.py), watched by
+#                   wait_readable                 serial chain
 #   free_mem() / mem_alloc() / log(msg) / close()
+#   commands: lines other than "stop" read from stdin (stdin_control), oldest first
 import sys
 
 try:
@@ -44,6 +48,8 @@ class UnixHal:
         # closing it (the unix port has no signal module, so SIGTERM cannot be caught
         # there; this stops at a clean point, between two steps)
         self.stop_requested = False
+        self.commands = []       # other control lines ("pause"), at most 8 waiting
+        self._streams = []       # UARTs (anything with fileno()) watched by wait_readable
         self._stdin = None
         if stdin_control:
             self._stdin = sys.stdin
@@ -125,7 +131,7 @@ class UnixHal:
     def wait_readable(self, timeout_ms):
         if timeout_ms < 0:
             timeout_ms = 0
-        if not self._socks and self._stdin is None:
+        if not self._socks and not self._streams and self._stdin is None:
             self.sleep_ms(timeout_ms)
             return False
         try:
@@ -146,8 +152,29 @@ class UnixHal:
             self.stop_requested = True
             self._poll.unregister(self._stdin)
             self._stdin = None
+        elif line.strip() and len(self.commands) < 8:
+            self.commands.append(line.strip())
+
+    # --- serial ------------------------------------------------------------------
+    def uart_open(self, spec):
+        # spec: a checked uart.up / uart.down dict from node.json; the unix port needs its
+        # "path" (a pty, e.g. the simulator's virtual wire)
+        from firmware.uart_unix import UnixUart
+        if not spec.get("path"):
+            raise OSError("uart: the unix port needs a \"path\" (a serial device or pty)")
+        u = UnixUart(spec["path"], spec.get("baud", 115200))
+        self._streams.append(u)
+        self._poll.register(u.stream(), self._pollin)
+        return u
 
     def close(self):
+        for u in self._streams:
+            try:
+                self._poll.unregister(u.stream())
+            except Exception:
+                pass
+            u.close()
+        self._streams = []
         for s in self._socks:
             try:
                 self._poll.unregister(s)
@@ -173,6 +200,18 @@ class UnixHal:
         with open(tmp, "wb") as f:
             f.write(data)
         os.rename(tmp, path)
+
+    def append_file(self, name, data):
+        # append and close: the close commits the data on littlefs (one append per batch)
+        with open(_join(self.flash_dir, name), "ab") as f:
+            f.write(data)
+
+    def remove_file(self, name):
+        import os
+        try:
+            os.remove(_join(self.flash_dir, name))
+        except OSError:
+            pass
 
     # --- memory and logs -----------------------------------------------------------
     def free_mem(self):

@@ -496,6 +496,9 @@ def main(flash_dir=None, hal=None, stdin_control=False):
     except config.ConfigError as e:
         hal.log(str(e))
         return 1
+    if cfg.transport == "serial":   # a serial-chain node (firmware/chain.py)
+        from firmware import chain
+        return chain.main(hal=hal, cfg=cfg)
     node = Node(cfg, hal)
     try:
         try:

@@ -449,6 +449,13 @@ class Link:
             n += f.count
         return n
 
+    def undelivered(self):
+        """DATA frames delivered in order but not yet taken by poll_received(). The next
+        ACK that poll_transmit() builds covers them (credit = window - undelivered), so an
+        application that must store messages before they are acknowledged holds back
+        poll_transmit() while this is non-zero and it cannot take them."""
+        return len(self._ready)
+
     def offer(self, message, ticket=None):
         """Queue one encoded CBOR message (bytes) for the peer; `ticket` (any object but
         None) comes back from poll_acked() once the peer acknowledged it, or from

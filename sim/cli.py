@@ -12,6 +12,14 @@ listen on 0.0.0.0:PORT for ANNOUNCEs; HOST is where bases broadcast to
 Impairments (--loss/--dup/--reorder/--delay/--jitter) put a relay in front of each
 static base; traffic to bases found by discovery is not impaired.
 
+Serial chain (--chain K): K MicroPython chain nodes (firmware/chain.py) on virtual UART
+wires (sim.chain.Chain) instead of a UDP fleet; --serial-link PATH symlinks the head's pty
+for `starling listen --serial PATH`. --baud/--ber/--drop impair every wire, --cut-every S
+pulls a random wire for --cut-seconds, --reboot-every S reboots a random node;
+--durable/--no-durable (default durable) and --window N configure the nodes. --rate,
+--duration, --seed, --status-every, --heapsize, --workdir and --summary-json apply too; the
+UDP-only options are ignored.
+
 Exit status: 0 after a clean run, 2 for bad arguments, 1 when the fleet failed.
 """
 
@@ -82,7 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="reboot a random node every S seconds (graceful: counts stay exact)")
     g.add_argument("--key-file", default=None, metavar="PATH",
                    help='JSON {"node_id": "hex key"}: those nodes sign their messages')
-    g.add_argument("--heapsize", default="256K", help="MicroPython heap per node (default 256K)")
+    g.add_argument("--heapsize", default=None,
+                   help="MicroPython heap per node (default 256K; 512K with --chain)")
     g.add_argument("--workdir", default=None, help="keep flash directories here (default: temporary, removed)")
     i = parser.add_argument_group("impairments (a relay in front of each static base)")
     i.add_argument("--loss", type=_probability, default=0.0, metavar="P")
@@ -92,6 +101,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     i.add_argument("--jitter", type=_positive, default=0.0, metavar="MS", help="extra uniform delay 0..MS")
     i.add_argument("--impair-status", action="store_true", help="also drop/dup/reorder STATUS (breaks exact accounting)")
     i.add_argument("--seed", type=int, default=0, help="RNG seed for relays and reboots")
+    c = parser.add_argument_group("serial chain (instead of a UDP fleet)")
+    c.add_argument("--chain", type=int, default=None, metavar="K",
+                   help="run K chain nodes on virtual UART wires (sim.chain)")
+    c.add_argument("--baud", type=int, default=115200, metavar="B", help="line rate (default 115200)")
+    c.add_argument("--ber", type=_probability, default=0.0, metavar="X", help="bit error rate per data bit")
+    c.add_argument("--drop", type=_probability, default=0.0, metavar="P", help="byte drop probability")
+    c.add_argument("--cut-every", type=_positive, default=None, metavar="S",
+                   help="cut a random wire every S seconds")
+    c.add_argument("--cut-seconds", type=_positive, default=2.0, metavar="S", help="length of a cut (default 2)")
+    c.add_argument("--serial-link", default=None, metavar="PATH",
+                   help="symlink to the head's pty (for starling listen --serial PATH)")
+    c.add_argument("--durable", action=argparse.BooleanOptionalAction, default=True,
+                   help="nodes keep their outbox in a flash log (default: on)")
+    c.add_argument("--window", type=int, default=8, metavar="N", help="link window (default 8)")
     parser.add_argument("--summary-json", default=None, metavar="PATH", help="write the summary here")
 
 
@@ -110,14 +133,29 @@ def fleet_from_args(args: argparse.Namespace) -> Fleet:
         rate=args.rate, loss=args.loss, dup=args.dup, reorder=args.reorder,
         delay_ms=args.delay, jitter_ms=args.jitter, impair_status=args.impair_status,
         seed=args.seed, keys=keys, first_id=args.first_id, status_every_ms=args.status_every,
-        batch_ms=args.batch_ms, reboot_every=args.reboot_every, heapsize=args.heapsize,
+        batch_ms=args.batch_ms, reboot_every=args.reboot_every, heapsize=args.heapsize or "256K",
         workdir=args.workdir,
     )
 
 
+def chain_from_args(args: argparse.Namespace):
+    """Build (not start) the sim.chain.Chain described by parsed arguments."""
+    from sim.chain import Chain
+    if args.chain < 1:
+        raise ValueError("--chain needs at least 1 node")
+    if not 1 <= args.window <= 64:
+        raise ValueError("--window must be 1..64")
+    return Chain(args.chain, baud=args.baud, ber=args.ber, drop=args.drop,
+                 cut_every=args.cut_every, cut_seconds=args.cut_seconds,
+                 reboot_every=args.reboot_every, durable=args.durable, rate=args.rate,
+                 window=args.window, seed=args.seed, serial_link=args.serial_link,
+                 status_every_ms=args.status_every, workdir=args.workdir,
+                 heapsize=args.heapsize or "512K")
+
+
 async def run_async(args: argparse.Namespace) -> dict[str, Any]:
     """Run the fleet for args.duration seconds (or until SIGINT/SIGTERM); return the summary."""
-    fleet = fleet_from_args(args)
+    fleet = chain_from_args(args) if getattr(args, "chain", None) else fleet_from_args(args)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -152,6 +190,12 @@ def run(args: argparse.Namespace) -> int:
         with open(args.summary_json, "w") as f:
             json.dump(summary, f, indent=1)
     t = summary["totals"]
+    if "chain" in summary:
+        print(f"chain of {summary['chain']} nodes, {summary['duration_s']} s: published "
+              f"{t['published']}, dropped {t['dropped']}, forwarded {t['forwarded']}, "
+              f"dead letters {t['dead_letter']}, reboots {summary['reboots']}, "
+              f"cuts {len(summary['cuts'])}")
+        return 0
     print(f"{len(summary['nodes'])} nodes ({summary['runtime']}), {summary['duration_s']} s: "
           f"published {t['published']}, dropped_by_sim {t['dropped_by_sim']}, "
           f"duplicated_by_sim {t['duplicated_by_sim']}, reboots {summary['reboots']}")
