@@ -24,8 +24,19 @@ soak: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/starling demo
 
+# bench: the `bench` extra (eclipse-zenoh), MicroPython's webassembly port for the 32-bit
+# RAM figure when npm is there (into build/wasm, optional), then every benchmark.
+WASM_MP := @micropython/micropython-webassembly-pyscript@1.27.0
 bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm install --silent --no-save --prefix build/wasm $(WASM_MP) \
+	    || echo "bench: $(WASM_MP) not installed: the 32-bit RAM figure is skipped"; \
+	else echo "bench: no npm: the 32-bit RAM figure is skipped"; fi
 	$(PY) bench/codec.py
+	$(PY) bench/ingest.py
+	$(PY) bench/node.py
+	@if [ -f bench/chain.py ]; then $(PY) bench/chain.py; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache starling.db

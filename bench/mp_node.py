@@ -1,0 +1,268 @@
+# MicroPython side of bench/node.py: the node runtime's cost, measured inside the
+# interpreter. Prints one JSON object. Runs on the unix port (64-bit) and on the
+# webassembly port (wasm32: 32-bit objects, as on ESP32/RP2), see bench/node.py.
+#
+#   micropython -X heapsize=256K bench/mp_node.py ram BUNDLE
+#       RAM held after boot: gc.mem_alloc() after gc.collect(), per imported module
+#       (leaves first, so each delta is that module's own code and data) and for the
+#       booted Node (config, sensors, subscriber table, encoder buffer).
+#   micropython -X heapsize=256K bench/mp_node.py heap BUNDLE
+#       heap bytes per publish with a HAL whose udp_send does nothing (both ports:
+#       the webassembly port has no sockets), int and float EVENT, int BATCH of 20.
+#   micropython -X heapsize=256K bench/mp_node.py publish BUNDLE PORT ROUNDS
+#       µs and heap bytes per publish through the real firmware Node with the unix
+#       HAL, sending each datagram to 127.0.0.1:PORT (bench/node.py counts them).
+#
+# Method: time with ticks_us, best of 3 runs of ROUNDS/3 publishes, GC enabled (its
+# amortised cost included); heap with gc.disable() around 200 publishes after a warm-up, delta of
+# gc.mem_alloc() (docs: /work/shared/MICROPYTHON.md, "Memory").
+import gc
+import json
+import sys
+import time
+
+# arguments: sys.argv on the unix port; the webassembly port has no sys.argv, so its
+# runner passes them as the global MP_ARGS
+ARGS = globals().get("MP_ARGS") or sys.argv[1:]
+MODE = ARGS[0]
+BUNDLE = ARGS[1]
+sys.path.insert(0, BUNDLE)
+
+# the modules a node imports at boot, leaves first (firmware/node.py's imports)
+MODULES = ("protocol", "protocol.codes", "protocol.cbor", "protocol.topics", "protocol.messages",
+           "firmware", "firmware.sensors", "firmware.config", "firmware.subscribers",
+           "firmware.hal_unix", "firmware.node")
+
+
+class MemHal:
+    # Just enough HAL to boot without sockets or flash writes (both ports)
+    def __init__(self, flash):
+        self.flash = flash
+        self.files = {}
+        self.now = 0
+
+    def ticks_ms(self):
+        return self.now
+
+    def ticks_diff(self, a, b):
+        return a - b
+
+    def wall_ms(self):
+        return None
+
+    def udp_open(self, port=0, reuse=False, broadcast=False, bind="0.0.0.0"):
+        return 1
+
+    def resolve(self, host, port):
+        return (host, port)
+
+    def addr_with_port(self, addr, port):
+        return (addr[0], port)
+
+    def addr_str(self, addr):
+        return "%s:%d" % addr
+
+    def udp_send(self, sock, addr, data):
+        return True
+
+    def udp_recv(self, sock):
+        return None
+
+    def wait_readable(self, timeout_ms):
+        return False
+
+    def read_file(self, name):
+        if name in self.files:
+            return self.files[name]
+        try:
+            with open(self.flash + "/" + name, "rb") as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def write_file_atomic(self, name, data):
+        self.files[name] = data
+
+    def free_mem(self):
+        return gc.mem_free()
+
+    def log(self, msg):
+        pass
+
+
+def used():
+    gc.collect()
+    gc.collect()
+    return gc.mem_alloc()
+
+
+def ram():
+    hal = MemHal(BUNDLE)     # created before the baseline: the HAL object is the board's
+    base = used()
+    out = {"modules": {}}
+    prev = base
+    for name in MODULES:
+        __import__(name)
+        now = used()
+        out["modules"][name] = now - prev
+        prev = now
+    from firmware import config
+    from firmware.node import Node
+    cfg = config.load(hal)
+    node = Node(cfg, hal)
+    node.boot(0)
+    now = used()
+    out["node_boot"] = now - prev
+    for i in range(50):      # a few steps: buffers reach their working size
+        hal.now += 100
+        node.step(hal.now)
+    after = used()
+    out["node_running"] = after - now
+    out["imports"] = prev - base
+    out["total"] = after - base
+    out["baseline"] = base
+    out["word_bytes"] = 8 if sys.maxsize > 2 ** 32 else 4
+    out["platform"] = sys.platform
+    out["version"] = "%d.%d.%d" % sys.implementation.version[:3]
+    out["sensors"] = len(node.sensors)
+    return out
+
+
+def heap():
+    from firmware import config
+    from firmware.node import Node
+    res = {}
+    for name, kind, batch_ms in (("event_int", "counter", 0), ("event_float", "sine", 0),
+                                 ("batch20_int", "counter", 60000)):
+        cfg = config.from_dict({"node": 7, "bases": [["127.0.0.1", 5684]],
+                                "sensors": [{"topic": "temp", "kind": kind, "period_ms": 10}],
+                                "status_every_ms": 86400000, "batch_ms": batch_ms})
+        hal = MemHal(BUNDLE)
+        node = Node(cfg, hal)
+        node.boot(0)
+        for _ in range(50):
+            hal.now += 10
+            node.step(hal.now)
+        gc.collect()
+        gc.disable()
+        p0 = node.published
+        m0 = gc.mem_alloc()
+        for _ in range(200):
+            hal.now += 10
+            node.step(hal.now)
+        m1 = gc.mem_alloc()
+        gc.enable()
+        res[name] = (m1 - m0) / (node.published - p0)
+    res["word_bytes"] = 8 if sys.maxsize > 2 ** 32 else 4
+    return res
+
+
+def publish(port, rounds):
+    from firmware import config
+    from firmware.hal_unix import UnixHal
+    from firmware.node import Node
+    import os
+    flash = "/tmp/starling-mp-node-%d" % port
+    try:
+        os.mkdir(flash)
+    except OSError:
+        pass
+    res = {}
+    cases = (("event_int", "counter", 0), ("event_float", "sine", 0), ("batch20_int", "counter", 60000))
+    for name, kind, batch_ms in cases:
+        cfg = config.from_dict({"node": 7, "bases": [["127.0.0.1", port]],
+                                "sensors": [{"topic": "temp", "kind": kind, "period_ms": 10}],
+                                "status_every_ms": 86400000, "batch_ms": batch_ms})
+        hal = UnixHal(flash, quiet=True)
+        node = Node(cfg, hal)
+        t = hal.ticks_ms()
+        node.boot(t)
+        t0 = node.sensors[0].next_due
+
+        def steps(n, t):
+            for _ in range(n):
+                t = time.ticks_add(t, 10)
+                node.step(t)
+            return t
+
+        t = steps(40 + t0 // 10, t)          # warm-up (and past the first due time)
+        best = None
+        n = 0
+        for _ in range(3):          # best of 3: the machine is shared and noisy
+            gc.collect()
+            p0 = node.published
+            a = time.ticks_us()
+            t = steps(rounds // 3, t)
+            dt = time.ticks_diff(time.ticks_us(), a)
+            k = node.published - p0
+            n += k
+            if best is None or dt / k < best:
+                best = dt / k
+        gc.collect()
+        gc.disable()
+        p1 = node.published
+        m0 = gc.mem_alloc()
+        t = steps(200, t)
+        m1 = gc.mem_alloc()
+        gc.enable()
+        nh = node.published - p1
+        res[name] = {"us": best, "heap": (m1 - m0) / nh, "published": n + nh,
+                     "send_errors": node.send_errors, "dropped": node.dropped,
+                     "datagrams": n + nh if not batch_ms else (n + nh) // 20}
+        node.finish()
+        hal.close()
+    # the same steps with udp_send doing nothing: what the node's own code costs
+    cfg = config.from_dict({"node": 7, "bases": [["127.0.0.1", port]],
+                            "sensors": [{"topic": "temp", "kind": "counter", "period_ms": 10}],
+                            "status_every_ms": 86400000})
+    hal = MemHal(flash)
+    node = Node(cfg, hal)
+    node.boot(0)
+    for _ in range(50):
+        hal.now += 10
+        node.step(hal.now)
+    best = None
+    for _ in range(3):
+        p0 = node.published
+        a = time.ticks_us()
+        for _ in range(rounds // 3):
+            hal.now += 10
+            node.step(hal.now)
+        us = time.ticks_diff(time.ticks_us(), a) / (node.published - p0)
+        best = us if best is None or us < best else best
+    res["event_int_no_socket"] = {"us": best}
+    # a bare sendto of the same EVENT datagram, to the same receiver, for scale
+    import socket
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    addr = socket.getaddrinfo("127.0.0.1", port)[0][-1]
+    data = bytes(node.enc.view())
+    best = None
+    for _ in range(3):
+        a = time.ticks_us()
+        for _ in range(rounds // 3):
+            s.sendto(data, addr)
+        us = time.ticks_diff(time.ticks_us(), a) / (rounds // 3)
+        best = us if best is None or us < best else best
+    res["sendto_only"] = {"us": best, "count": 3 * (rounds // 3), "bytes": len(data)}
+    s.close()
+    for name in ("epoch", "epoch.tmp"):
+        try:
+            os.remove(flash + "/" + name)
+        except OSError:
+            pass
+    try:
+        os.rmdir(flash)
+    except OSError:
+        pass
+    res["word_bytes"] = 8 if sys.maxsize > 2 ** 32 else 4
+    return res
+
+
+if MODE == "ram":
+    print(json.dumps(ram()))
+elif MODE == "heap":
+    print(json.dumps(heap()))
+elif MODE == "publish":
+    print(json.dumps(publish(int(ARGS[2]), int(ARGS[3]))))
+else:
+    raise SystemExit("usage: mp_node.py ram|heap|publish BUNDLE [PORT ROUNDS]")
