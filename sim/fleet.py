@@ -41,7 +41,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import sys
 import tempfile
@@ -53,7 +52,7 @@ from firmware import config as fw_config
 from firmware import hal_unix
 from firmware import node as fw_node
 from sim.relay import Relay
-from sim.runtime import micropython_command
+from sim.runtime import NodeProcess, micropython_command  # noqa: F401 (re-exported)
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIMES = ("micropython", "cpython")
@@ -129,18 +128,12 @@ class _InProcessHal(hal_unix.UnixHal):
         pass  # shared sockets belong to the fleet
 
 
-class _Member:
-    """One node of the fleet and its boots."""
+class _Member(NodeProcess):
+    """One node of the fleet and its boots (a process, or an in-process Node)."""
 
-    def __init__(self, node_id: int, flash: Path):
-        self.node_id = node_id
-        self.flash = flash
-        self.proc: asyncio.subprocess.Process | None = None
+    def __init__(self, node_id: int, flash: Path, heapsize: str):
+        super().__init__(node_id, flash, "node", "node", heapsize)
         self.node: fw_node.Node | None = None
-        self.log: Any = None
-        self.boot_epoch = 0
-        self.boots: list[dict[str, Any]] = []   # one report per finished boot
-        self.exact = True
 
 
 class Fleet:
@@ -208,7 +201,8 @@ class Fleet:
         self.keep_workdir = keep_workdir
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="starling-fleet-"))
         self.relays: list[Relay] = []
-        self.members = {nid: _Member(nid, self.workdir / f"node-{nid}") for nid in self.node_ids}
+        self.members = {nid: _Member(nid, self.workdir / f"node-{nid}", heapsize)
+                        for nid in self.node_ids}
         self.reboots = 0
         self._rng = random.Random(seed)
         self._net: _SharedNet | None = None
@@ -275,86 +269,10 @@ class Fleet:
                 loop.add_reader(sock.fileno(), self._on_discovery, sock)
             self._driver = asyncio.create_task(self._drive())
         else:
-            await asyncio.gather(*(self._spawn(m) for m in self.members.values()))
-            await asyncio.gather(*(self._wait_booted(m, boot_timeout) for m in self.members.values()))
+            await asyncio.gather(*(m.spawn() for m in self.members.values()))
+            await asyncio.gather(*(m.wait_booted(boot_timeout) for m in self.members.values()))
         if self.reboot_every:
             self._rebooter = asyncio.create_task(self._reboot_loop())
-
-    # --- micropython processes ---------------------------------------------------------------
-    def _command(self, m: _Member) -> list[str]:
-        code = ("import sys; sys.path[:0] = [%r]; from firmware import node; "
-                "raise SystemExit(node.main(%r, stdin_control=True))" % (str(ROOT), str(m.flash)))
-        return [micropython_command(), "-X", f"heapsize={self.heapsize}", "-c", code]
-
-    def _read_epoch(self, m: _Member) -> int:
-        try:
-            return int((m.flash / "epoch").read_text())
-        except (OSError, ValueError):
-            return 0
-
-    async def _spawn(self, m: _Member) -> None:
-        (m.flash / "counters.json").unlink(missing_ok=True)
-        m.boot_epoch = self._read_epoch(m) + 1
-        if m.log is not None:
-            m.log.close()
-        m.log = open(m.flash / "node.log", "ab")
-        m.proc = await asyncio.create_subprocess_exec(
-            *self._command(m), stdin=asyncio.subprocess.PIPE, stdout=m.log, stderr=m.log,
-            cwd=str(m.flash), start_new_session=True)
-
-    async def _wait_booted(self, m: _Member, timeout: float) -> None:
-        want = f"node {m.node_id} epoch {m.boot_epoch}:".encode()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if want in (m.flash / "node.log").read_bytes():
-                    return
-            except OSError:
-                pass
-            if m.proc is not None and m.proc.returncode is not None:
-                break
-            await asyncio.sleep(0.01)
-        tail = (m.flash / "node.log").read_bytes()[-2000:].decode(errors="replace")
-        raise RuntimeError(f"node {m.node_id} did not boot:\n{tail}")
-
-    async def _stop_process(self, m: _Member, crash: bool = False, timeout: float = 5.0) -> None:
-        proc = m.proc
-        if proc is None:
-            return
-        if crash:
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
-        else:
-            if proc.returncode is None and proc.stdin is not None:
-                try:
-                    proc.stdin.write(b"stop\n")
-                    await proc.stdin.drain()
-                    proc.stdin.close()
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-            for sig in (None, signal.SIGINT, signal.SIGKILL):
-                if sig is not None and proc.returncode is None:
-                    proc.send_signal(sig)
-                try:
-                    await asyncio.wait_for(proc.wait(), timeout)
-                    break
-                except asyncio.TimeoutError:
-                    continue
-        m.proc = None
-        self._collect(m, crashed=crash)
-
-    def _collect(self, m: _Member, crashed: bool) -> None:
-        rep = None
-        if not crashed:
-            try:
-                rep = json.loads((m.flash / "counters.json").read_text())["report"]
-            except (OSError, ValueError, KeyError):
-                rep = None
-        if rep is None:
-            m.exact = False
-            rep = {"node": m.node_id, "epoch": self._read_epoch(m), "published": None, "crashed": True}
-        m.boots.append(rep)
 
     # --- in-process nodes ----------------------------------------------------------------------
     def _boot_inprocess(self, m: _Member) -> None:
@@ -373,7 +291,7 @@ class Fleet:
             return
         m.node = None
         if crash:
-            self._collect(m, crashed=True)
+            m.collect(crashed=True)
             return
         node.finish()
         rep = node.report()
@@ -444,9 +362,9 @@ class Fleet:
             self._boot_inprocess(m)
             assert m.node is not None
             return m.node.epoch
-        await self._stop_process(m, crash)
-        await self._spawn(m)
-        await self._wait_booted(m, 10.0)
+        await m.stop(crash)
+        await m.spawn()
+        await m.wait_booted(10.0)
         return m.boot_epoch
 
     async def _reboot_loop(self) -> None:
@@ -485,11 +403,9 @@ class Fleet:
                 await asyncio.sleep(0)
                 self._net.close()
         else:
-            await asyncio.gather(*(self._stop_process(m) for m in self.members.values()))
+            await asyncio.gather(*(m.stop() for m in self.members.values()))
             for m in self.members.values():
-                if m.log is not None:
-                    m.log.close()
-                    m.log = None
+                m.close_log()
         self._t1 = time.monotonic()
         for r in self.relays:
             await r.drain()
