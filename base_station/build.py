@@ -23,9 +23,12 @@ other boards.
 
 Config checks (BuildError names the field, e.g. "node.json: uart.up.tx: ...") are
 those that depend on the board and that the firmware cannot check for itself until
-it is too late (a wrong pin, no Wi-Fi name). The firmware's own checker
-(firmware/config.py) is then run too: what it rejects is reported as a warning,
-since that firmware and the schema are still evolving. Unknown keys are accepted.
+it is too late (a wrong pin, no Wi-Fi name, no UART path on the unix port). For a
+serial (chain) node the firmware's own checks of the chain keys (CHAIN_KEYS: uart,
+window, link, log, outbox, ...; firmware/config.py) are errors too, reused rather than
+repeated here. The firmware's checker then runs on the whole config: what else it
+rejects is reported as a warning, since that firmware and the schema are still
+evolving. Unknown top-level keys are accepted.
 """
 
 from __future__ import annotations
@@ -143,11 +146,16 @@ def _check_uart(board: Board, uart: Any) -> None:
         if not isinstance(link, dict):
             raise BuildError(where, 'expected an object {"id": ..., "tx": ..., "rx": ..., "baud": ...}, '
                                     "got %r" % (link,))
-        baud = link.get("baud", 115200)
-        if not _is_int(baud) or not 1200 <= baud <= 5000000:
-            raise BuildError(where + ".baud", "expected an integer 1200..5000000, got %r" % (baud,))
         if not board.uart_ids:
-            continue          # unix: the link is a pty, no pins
+            # unix: no pins; the HAL opens the UART by path (firmware/hal_unix.py)
+            path = link.get("path")
+            if path is None:
+                raise BuildError(where + ".path", "missing: the unix port opens its UART by path "
+                                 "(a serial device or pty; on a virtual board a name such as "
+                                 "\"/dev/uart-%s\" made by VirtualBoard.attach_uart)" % side)
+            if not isinstance(path, str) or not path:
+                raise BuildError(where + ".path", "expected a device path, got %r" % (path,))
+            continue
         uid = link.get("id")
         if not isinstance(uid, int) or isinstance(uid, bool) or uid not in board.uart_ids:
             extra = " (UART0 is the REPL)" if board.name == "esp32" and uid == 0 else ""
@@ -217,12 +225,53 @@ def validate_config(board_name: str, cfg: Any) -> list[str]:
     _check_key(cfg.get("key"))
 
     uart = cfg.get("uart")
+    if uart is not None and not isinstance(uart, dict):
+        _check_uart(board, uart)          # names "uart": not an object
     if transport == "serial" and (not isinstance(uart, dict) or uart.get("up") is None):
         raise BuildError("uart.up", "missing: a serial node needs its upstream UART "
-                                    '{"id": ..., "tx": ..., "rx": ..., "baud": ...}')
+                         + ('{"path": ..., "baud": ...}' if not board.uart_ids
+                            else '{"id": ..., "tx": ..., "rx": ..., "baud": ...}'))
     if uart is not None:
         _check_uart(board, uart)
-    return _firmware_opinion(cfg)
+    if transport == "serial":
+        _check_chain(cfg)
+    return _firmware_opinion(cfg, board)
+
+
+# Keys of the serial chain node (firmware/config.py, "Serial chain"). For a serial node
+# the firmware's own checks of these are errors at build time: a node that refuses them
+# at boot never reaches the chain, and a typo there (a "buad") would only show on the
+# board's console.
+CHAIN_KEYS = ("uart", "durable", "outbox", "forward", "window", "link", "log", "stop_drain_ms")
+
+
+def _fw_error(e: Exception) -> BuildError:
+    """A firmware ConfigError ("node.json: FIELD: text") as a BuildError naming FIELD."""
+    text = str(e)
+    if text.startswith("node.json: "):
+        text = text[len("node.json: "):]
+    at = text.find("unknown key ")
+    if at >= 0 and ": " not in text[:at]:     # "uart.up.unknown key 'buad' (known: ...)"
+        return BuildError(text[:at].rstrip(".") or "node.json", text[at:])
+    fld, sep, rest = text.partition(": ")
+    if not sep:
+        return BuildError("node.json", text)
+    return BuildError(fld, rest)
+
+
+def _check_chain(cfg: dict[str, Any]) -> None:
+    """The firmware's checks of the chain keys (firmware/config.py from_dict on just
+    those keys, so an unrelated key does not hide them); BuildError on the first."""
+    try:
+        from firmware import config as fw_config
+    except Exception:     # reported as a warning by _firmware_opinion
+        return
+    part = {k: cfg[k] for k in CHAIN_KEYS if k in cfg}
+    part.update(node=cfg["node"], transport="serial")
+    try:
+        fw_config.from_dict(part)
+    except fw_config.ConfigError as e:
+        raise _fw_error(e) from None
 
 
 def _check_sensors(sensors: Any) -> None:
@@ -280,18 +329,48 @@ def _check_key(key: Any) -> None:
                      % (KEY_MIN_LEN, KEY_MAX_LEN, 2 * KEY_MIN_LEN, 2 * KEY_MAX_LEN, shown))
 
 
-def _firmware_opinion(cfg: dict[str, Any]) -> list[str]:
+def _board_kinds(board: Board) -> dict[str, Any]:
+    """The sensor kinds a board's HAL adds at boot (KINDS of firmware/hal_board.py, read
+    from the source: that module imports `machine`, which the host lacks)."""
+    import ast
+    kinds: dict[str, Any] = {}
+    for hal in board.hals:
+        try:
+            tree = ast.parse((ROOT / "firmware" / (hal + ".py")).read_text(encoding="utf-8"))
+        except (OSError, SyntaxError):
+            continue
+        for node in tree.body:
+            if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                    and isinstance(node.targets[0], ast.Name) and node.targets[0].id == "KINDS"):
+                try:
+                    value = ast.literal_eval(node.value)
+                except ValueError:
+                    continue
+                if isinstance(value, dict):
+                    kinds.update(value)
+    return kinds
+
+
+def _firmware_opinion(cfg: dict[str, Any], board: Board | None = None) -> list[str]:
     # the bundled firmware checks node.json again at boot; say now what it will reject
     try:
         from firmware import config as fw_config
+        from firmware import sensors as fw_sensors
     except Exception as e:  # the firmware is being written: not a reason to fail a build
         return ["could not run firmware/config.py on node.json (%s: %s)" % (type(e).__name__, e)]
+    # on the board the HAL registers its own sensor kinds before the check (mcu_temp, ...)
+    extra = {k: v for k, v in (_board_kinds(board) if board else {}).items()
+             if k not in fw_sensors.KINDS}
+    fw_sensors.KINDS.update(extra)
     try:
         fw_config.from_dict(cfg)
     except fw_config.ConfigError as e:
         return ["the bundled firmware will reject this config at boot: %s" % e]
     except Exception as e:
         return ["firmware/config.py failed on node.json (%s: %s)" % (type(e).__name__, e)]
+    finally:
+        for k in extra:
+            fw_sensors.KINDS.pop(k, None)
     return []
 
 

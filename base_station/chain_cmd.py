@@ -43,7 +43,7 @@ from protocol.codes import (COUNTER_NAMES, CTR_FORWARDED, CTR_LINK_CRC, CTR_LINK
                             CTR_PUBLISHED, CTR_QUEUE)
 from protocol.messages import Status, decode as decode_message
 
-from base_station.serial_head import SerialHead, parse_port
+from base_station.serial_head import SerialHead, open_hint, parse_port
 
 ROUND_GAP = 0.3   # seconds without a new answer before asking the chain again
 NO_NODE = ("no Starling node answered on %s: check wiring (TX\u2194RX crossed, common ground) "
@@ -205,7 +205,9 @@ async def _probe(port: str, baud: int, timeout: float, settle: float,
             await asyncio.sleep(0.02)
         if not head.up:
             if not head.counters["opens"]:
-                return 1, "cannot open %s: %s" % (port, head.last_error)
+                hint = open_hint(head.last_error)
+                return 1, "cannot open %s: %s%s" % (port, head.last_error,
+                                                    " (%s)" % hint if hint else "")
             if head.counters["echoes"]:
                 return 1, ("our own frames come back on %s: TX is looped to RX (or the "
                            "adapter echoes); no node is connected" % port)

@@ -195,17 +195,18 @@ async def serve(station, args: argparse.Namespace, extra_task: Callable[[], Any]
             from rich.console import Console
             from rich.live import Live
             console = Console(file=out)
-            with Live(view.node_table(station.summary(), "starling"), console=console,
+            with Live(view.live_view(station.summary(), "starling"), console=console,
                       refresh_per_second=4, transient=True) as live:
                 while not done():
                     await wait(0.5)
-                    live.update(view.node_table(station.summary(), "starling"))
+                    live.update(view.live_view(station.summary(), "starling"))
         else:
             next_line = time.monotonic() + args.every
             while not done():
                 await wait(max(0.0, next_line - time.monotonic()))
                 if time.monotonic() >= next_line:
-                    print(view.summary_line(station.summary()), file=out, flush=True)
+                    for line in view.plain_lines(station.summary()):
+                        print(line, file=out, flush=True)
                     next_line += args.every
     finally:
         if extra is not None and not extra.done():
@@ -232,7 +233,7 @@ def finish(summary: dict, args: argparse.Namespace) -> None:
 
     out = sys.stderr if args.jsonl == "-" else sys.stdout
     console = Console(file=out) if out.isatty() else Console(file=out, width=160)
-    console.print(view.node_table(summary, "starling: final summary"))
+    console.print(view.live_view(summary, "starling: final summary"))
     if args.summary_json:
         tmp = args.summary_json + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:

@@ -105,6 +105,20 @@ def parse_port(text: str) -> tuple[str, int]:
     return port, baud
 
 
+def open_hint(error: str | None) -> str:
+    """What to do about a port that would not open, from pyserial's message ("" if
+    nothing useful can be said)."""
+    e = error or ""
+    if "exclusively lock" in e or "Errno 16" in e:
+        return ("the port is busy: another program holds it (a running `starling listen "
+                "--serial` or `starling chain`, a serial monitor, mpremote); stop it first")
+    if "Errno 13" in e or "Permission denied" in e:
+        return "no permission: add yourself to the port's group (dialout; uucp on Arch)"
+    if "Errno 2" in e or "No such file" in e:
+        return "no such port (not plugged in, or the simulator is not running yet)"
+    return ""
+
+
 class _Limited:
     """At most one log line per `interval` seconds per key, with a suppressed count."""
 
@@ -246,9 +260,15 @@ class SerialHead:
         return req
 
     def stats(self) -> dict:
-        """Counters of the port, the framing and the link, JSON-ready."""
+        """Counters of the port, the framing and the link, JSON-ready: `open`, `up`,
+        `stopped` (stop() was called), `window` (the link's), the peer's node and hop,
+        `last_error` (of the last failed open or lost port; cleared by a good open),
+        the head's counters, the frame decoder's and the Link's stats() under "link"
+        (base_station/view.py shows them)."""
         out: dict[str, Any] = {"port": self.port, "baud": self.baud, "open": self.is_open,
-                               "up": self.up, "peer_node": self.link.peer_node,
+                               "up": self.up, "stopped": self._stopping.is_set(),
+                               "window": self.link.window,
+                               "peer_node": self.link.peer_node,
                                "peer_hop": self.link.peer_hop, "last_error": self.last_error}
         out.update(self.counters)
         d = self.decoder
@@ -292,11 +312,13 @@ class SerialHead:
         except (serial.SerialException, OSError, ValueError) as e:
             self.counters["open_errors"] += 1
             self.last_error = str(e)
-            self._log(logging.WARNING, "open", "%s: cannot open (%s); retrying every %g s",
-                      self.port, e, self.reopen_interval)
+            hint = open_hint(self.last_error)
+            self._log(logging.WARNING, "open", "%s: cannot open (%s)%s; retrying every %g s",
+                      self.port, e, ": " + hint if hint else "", self.reopen_interval)
             return False
         self.decoder.reset()
         self._ser = ser
+        self.last_error = None          # the counters keep the history
         self.counters["opens"] += 1
         log.info("%s: opened at %d Bd", self.port, self.baud)
         return True

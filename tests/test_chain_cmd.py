@@ -115,6 +115,18 @@ def test_missing_port_and_echo_are_clear_errors(tmp_path):
     assert code == 1 and "our own frames come back on loop://" in msg
 
 
+def test_busy_port_says_who_may_hold_it():
+    import serial
+    with VirtualWire(BAUD, seed=3) as wire:
+        holder = serial.Serial(wire.a_path, exclusive=True)     # e.g. a running listen
+        try:
+            code, msg = chain_cmd.probe(wire.a_path, BAUD, timeout=1.5, settle=0.5)
+        finally:
+            holder.close()
+    assert code == 1 and msg.startswith("cannot open %s" % wire.a_path)
+    assert "the port is busy: another program holds it (a running `starling listen" in msg
+
+
 def test_bad_arguments_exit_2():
     r = starling("chain", "--serial", "/dev/x@0")
     assert r.returncode == 2 and "baud" in r.stderr

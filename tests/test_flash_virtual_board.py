@@ -1,8 +1,12 @@
 """`starling flash` onto a VirtualBoard (the unix port's REPL on a pty, driven by mpremote):
-copy, verify by hash on the board, reset, tail; reboots run main.py; clear errors."""
+copy, verify by hash on the board, reset, tail; reboots run main.py; clear errors. A
+UDP node publishes to a UDP socket; a serial chain node (its upstream UART one end of a
+virtual wire) publishes to a base station's SerialHead on the other end, and `starling
+chain --serial` finds it at hop 1."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pty
@@ -17,8 +21,11 @@ import pytest
 from base_station import flash
 from base_station.build import build_bundle
 from base_station.flash import FlashError, flash_bundle
+from base_station.serial_head import SerialHead
+from base_station.station import BaseStation
 from protocol import messages
 from sim.virtual_board import VirtualBoard
+from sim.wire import VirtualWire
 
 pytestmark = pytest.mark.slow
 
@@ -202,3 +209,118 @@ def test_list_and_missing_arguments(capsys):
     assert flash.main(["--port", "/dev/ttyUSB0"]) == 2
     assert flash.main(["/tmp/somewhere"]) == 2
     assert "--port is required" in capsys.readouterr().err
+
+
+# --- a serial chain node on the virtual board ----------------------------------------------
+
+CHAIN_NODE = 9
+CHAIN_BAUD = 115200
+
+
+def _starling(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "base_station.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+class _Events:
+    """(epoch, seq) of every EVENT the head hands over, in arrival order (head thread)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+        self.other_kinds: set[str] = set()
+
+    def __call__(self, data: bytes) -> None:
+        msg = messages.decode(data)
+        if isinstance(msg, messages.Event):
+            assert msg.node == CHAIN_NODE
+            self.seen.append((msg.epoch, msg.seq))
+        else:
+            self.other_kinds.add(type(msg).__name__)
+
+    def of(self, epoch: int) -> list[int]:
+        return [s for e, s in list(self.seen) if e == epoch]
+
+
+async def _until(cond, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("%s not met within %.0f s" % (what, timeout))
+        await asyncio.sleep(0.05)
+
+
+def test_chain_node_flashed_publishes_over_the_serial_link(tmp_path):
+    """`starling build` a chain node whose uart.up is the board end of a virtual wire,
+    `starling flash` it, reboot: the base's SerialHead on the other end receives its
+    events in order, each once, before and after the reboot; `starling chain` then
+    lists it at hop 1."""
+    with VirtualWire(CHAIN_BAUD, seed=11) as wire, \
+            VirtualBoard(tmp_path / "board", log_path=tmp_path / "board.log") as board:
+        up = board.attach_uart("uart-up", wire.b_path)
+        assert up == "/dev/uart-up" and os.path.realpath(board.root / "dev" / "uart-up") == \
+            os.path.realpath(wire.b_path)
+        cfg = {"node": CHAIN_NODE, "transport": "serial", "status_every_ms": 1000,
+               "sensors": [{"topic": "lab/t", "kind": "sine", "period_ms": 100}],
+               "uart": {"up": {"path": up, "baud": CHAIN_BAUD}, "down": None}}
+        (tmp_path / "node.json").write_text(json.dumps(cfg))
+        r = _starling("build", "--board", "unix", "--config", str(tmp_path / "node.json"),
+                      "--out", str(tmp_path / "bundle"), "-q")
+        assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+        r = _starling("flash", "--port", board.port, str(tmp_path / "bundle"), "--tail", "1")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "verified by sha256" in r.stdout
+        board.wait_for(r"chain node %d epoch 1: " % CHAIN_NODE, timeout=20)
+
+        events = _Events()
+
+        async def listen() -> tuple[dict, int]:
+            station = BaseStation(udp=[], announce=False)
+            head = SerialHead(station, wire.a_path, CHAIN_BAUD, on_message=events)
+            station.add_head(head)
+            await station.start()
+            try:
+                await _until(lambda: len(events.of(1)) >= 20, 30, "20 events of epoch 1")
+                mark = board.mark()
+                board.reboot()          # a hard reset: RAM is lost, a new epoch starts
+                board.wait_for(r"chain node %d epoch 2: " % CHAIN_NODE, timeout=20, since=mark)
+                await _until(lambda: len(events.of(2)) >= 20, 30, "20 events of epoch 2")
+                await _until(lambda: station.nodes[CHAIN_NODE].status is not None
+                             and station.nodes[CHAIN_NODE].status.epoch == 2, 15, "a STATUS of epoch 2")
+                return station.summary(), head.counters["ups"]
+            finally:
+                await station.stop()
+
+        summary, ups = asyncio.run(asyncio.wait_for(listen(), 120))
+
+        # in order, none missing, none twice: seq 0, 1, 2, ... per epoch, epoch 1 then 2
+        epochs = [e for e, _ in events.seen]
+        assert epochs == sorted(epochs) and set(epochs) == {1, 2}
+        for epoch in (1, 2):
+            seqs = events.of(epoch)
+            assert seqs == list(range(len(seqs))), (epoch, seqs)
+        n = summary["nodes"][str(CHAIN_NODE)]
+        assert n["duplicates"] == 0 and n["out_of_order"] == 0 and n["epoch"] == 2
+        assert n["received"] == len(events.seen) and n["reboots"] == 1
+        assert n["source"] == "serial:" + wire.a_path and n["status"]["hop"] == 1
+        assert "Batch" not in events.other_kinds and "Status" in events.other_kinds
+        head_stats = summary["serial"][wire.a_path]
+        assert head_stats["crc_errors"] == 0 and head_stats["echoes"] == 0 and ups >= 1
+
+        # the port is free again: `starling chain` enumerates the node at hop 1
+        r = _starling("chain", "--serial", "%s@%d" % (wire.a_path, CHAIN_BAUD), "--json",
+                      "--timeout", "20", timeout=60)
+        assert r.returncode == 0, r.stderr + board.output()[-2000:]
+        chain = json.loads(r.stdout)
+        assert [(x["hop"], x["node"]) for x in chain["nodes"]] == [(1, CHAIN_NODE)]
+        assert chain["nodes"][0]["epoch"] == 2 and chain["nodes"][0]["firmware"]
+        assert chain["base"]["peer_node"] == CHAIN_NODE and chain["base"]["peer_hop"] == 1
+
+
+def test_attach_uart_links_a_host_port_under_dev(tmp_path):
+    board = VirtualBoard(tmp_path / "board")           # not started: only the flash dir
+    assert board.attach_uart("uart-up", tmp_path / "pty-a") == "/dev/uart-up"
+    assert board.attach_uart("uart-up", tmp_path / "pty-b") == "/dev/uart-up"   # re-wired
+    assert os.readlink(board.root / "dev" / "uart-up") == str(tmp_path / "pty-b")
+    for bad in ("", "a/b", "..", "."):
+        with pytest.raises(ValueError):
+            board.attach_uart(bad, tmp_path / "pty-a")
