@@ -153,6 +153,18 @@ def chain_from_args(args: argparse.Namespace):
                  heapsize=args.heapsize or "512K")
 
 
+def _say_started(fleet, args: argparse.Namespace) -> None:
+    """One line on stderr once every node has booted, so a user knows when to connect."""
+    until = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
+    if getattr(args, "chain", None):
+        head = args.serial_link or fleet.head_path
+        print(f"sim: chain of {args.chain} nodes up at {args.baud} Bd, {until}; head on {head}"
+              f" (starling listen --serial {head})", file=sys.stderr, flush=True)
+    else:
+        print(f"sim: {len(fleet.members)} nodes up ({args.runtime}), {until}",
+              file=sys.stderr, flush=True)
+
+
 async def run_async(args: argparse.Namespace) -> dict[str, Any]:
     """Run the fleet for args.duration seconds (or until SIGINT/SIGTERM); return the summary."""
     fleet = chain_from_args(args) if getattr(args, "chain", None) else fleet_from_args(args)
@@ -165,6 +177,7 @@ async def run_async(args: argparse.Namespace) -> dict[str, Any]:
             pass
     try:
         await fleet.start()
+        _say_started(fleet, args)
         try:
             await asyncio.wait_for(stop.wait(), args.duration)
         except asyncio.TimeoutError:
