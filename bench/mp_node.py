@@ -4,8 +4,16 @@
 #
 #   micropython -X heapsize=256K bench/mp_node.py ram BUNDLE
 #       RAM held after boot: gc.mem_alloc() after gc.collect(), per imported module
-#       (leaves first, so each delta is that module's own code and data) and for the
-#       booted Node (config, sensors, subscriber table, encoder buffer).
+#       (leaves first, so each delta is that module's own code and data), then
+#       node.load_config() as main() does it (firmware.config imported, node.json
+#       checked, the module dropped again: its row is what stays), and the booted Node
+#       (config, sensors, subscriber table, writer buffers).
+#   micropython -X heapsize=256K bench/mp_node.py ram_esp32 BUNDLE TESTS
+#       the same for an ESP32 bundle (hal_board + hal_esp32 instead of hal_unix) on
+#       the unix port, with the fake machine / network / ntptime modules of
+#       TESTS/board_fakes standing in for the board's built-in ones (counted in the
+#       baseline, as firmware modules are on a board): main()'s sequence with
+#       begin() (Wi-Fi join, NTP) before the Node boots.
 #   micropython -X heapsize=256K bench/mp_node.py heap BUNDLE
 #       heap bytes per publish with a HAL whose udp_send does nothing (both ports:
 #       the webassembly port has no sockets), int and float EVENT, int BATCH of 20.
@@ -28,9 +36,11 @@ MODE = ARGS[0]
 BUNDLE = ARGS[1]
 sys.path.insert(0, BUNDLE)
 
-# the modules a node imports at boot, leaves first (firmware/node.py's imports)
-MODULES = ("protocol", "protocol.codes", "protocol.cbor", "protocol.topics", "protocol.messages",
-           "firmware", "firmware.sensors", "firmware.config", "firmware.subscribers",
+# the modules a node imports at boot, leaves first (firmware/node.py's imports);
+# firmware.config (and protocol.codes, which only it uses) come after them, through
+# node.load_config(), which drops both again
+MODULES = ("protocol", "protocol.cbor", "protocol.topics", "protocol.nodewire",
+           "firmware", "firmware.sensors", "firmware.subscribers",
            "firmware.hal_unix", "firmware.node")
 
 
@@ -106,10 +116,13 @@ def ram():
         now = used()
         out["modules"][name] = now - prev
         prev = now
-    from firmware import config
-    from firmware.node import Node
-    cfg = config.load(hal)
-    node = Node(cfg, hal)
+    from firmware import node as node_mod
+    cfg = node_mod.load_config(hal)
+    now = used()
+    out["modules"]["firmware.config"] = now - prev
+    out["config_dropped"] = "firmware.config" not in sys.modules
+    prev = now
+    node = node_mod.Node(cfg, hal)
     node.boot(0)
     now = used()
     out["node_boot"] = now - prev
@@ -125,6 +138,51 @@ def ram():
     out["platform"] = sys.platform
     out["version"] = "%d.%d.%d" % sys.implementation.version[:3]
     out["sensors"] = len(node.sensors)
+    return out
+
+
+BOARD_MODULES = ("protocol", "protocol.cbor", "protocol.topics", "protocol.nodewire",
+                 "firmware", "firmware.sensors", "firmware.subscribers",
+                 "firmware.hal_board", "firmware.hal_esp32", "firmware.node")
+
+
+def ram_esp32(tests):
+    sys.path.append(tests)
+    import board_fakes
+    from board_fakes import net
+    clk = board_fakes.install("esp32")
+    base = used()
+    out = {"modules": {}}
+    prev = base
+    for name in BOARD_MODULES:
+        __import__(name)
+        now = used()
+        out["modules"][name] = now - prev
+        prev = now
+    from firmware import node as node_mod
+    hal = node_mod.make_hal(BUNDLE, platform="esp32", quiet=True, clock=clk, sockets=net,
+                            poller=net.Poll(), machine_name="Generic ESP32 module with ESP32")
+    cfg = node_mod.load_config(hal)
+    hal.begin(cfg)
+    now = used()
+    out["modules"]["firmware.config"] = now - prev
+    prev = now
+    node = node_mod.Node(cfg, hal)
+    node.boot()
+    now = used()
+    out["node_boot"] = now - prev
+    for i in range(50):
+        clk.advance(100)
+        hal.feed()
+        node.step(hal.ticks_ms())
+    after = used()
+    out["node_running"] = after - now
+    out["total"] = after - base
+    out["link_up"] = hal.link_up()
+    out["time_base"] = node.time_base is not None
+    out["published"] = node.published
+    out["word_bytes"] = 8 if sys.maxsize > 2 ** 32 else 4
+    out["version"] = "%d.%d.%d" % sys.implementation.version[:3]
     return out
 
 
@@ -235,7 +293,7 @@ def publish(port, rounds):
     import socket
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     addr = socket.getaddrinfo("127.0.0.1", port)[0][-1]
-    data = bytes(node.enc.view())
+    data = bytes(node.writer.view())
     best = None
     for _ in range(3):
         a = time.ticks_us()
@@ -260,9 +318,11 @@ def publish(port, rounds):
 
 if MODE == "ram":
     print(json.dumps(ram()))
+elif MODE == "ram_esp32":
+    print(json.dumps(ram_esp32(ARGS[2])))
 elif MODE == "heap":
     print(json.dumps(heap()))
 elif MODE == "publish":
     print(json.dumps(publish(int(ARGS[2]), int(ARGS[3]))))
 else:
-    raise SystemExit("usage: mp_node.py ram|heap|publish BUNDLE [PORT ROUNDS]")
+    raise SystemExit("usage: mp_node.py ram|ram_esp32|heap|publish BUNDLE [PORT ROUNDS | TESTS]")

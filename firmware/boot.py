@@ -1,8 +1,8 @@
 # /boot.py on a board: runs before /main.py after every reset.
 # Kept empty of work on purpose: networking and the node runtime start in main.py,
 # so a broken node.json or firmware file still leaves a working REPL for mpremote.
-# Board HALs (ESP32, Pico W; Wi-Fi association from node.json "wifi") come with
-# their own issue; on the unix port this file does nothing.
+# Wi-Fi, watchdog and NTP are started by firmware.node.main() once node.json has
+# been checked (hal.begin); on every platform this file only collects garbage.
 import gc
 
 gc.collect()

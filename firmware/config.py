@@ -10,7 +10,22 @@
 # Schema (defaults in brackets):
 #   node             int 0..2^32-1, required: the node id on the wire
 #   transport        "udp" ["udp"]
-#   wifi             {"ssid": str, "password": str} [empty]; used by board HALs
+#   wifi             {"ssid": str (1..32), "password": str (..64), "country": str
+#                    ["": the firmware's default], "timeout_ms": int [15000],
+#                    "wait_ms": int [15000]} or null [null]; board HALs only:
+#                    country is the ISO 3166 code of the regulatory domain (two
+#                    capital letters, e.g. "DE"), timeout_ms one join attempt before
+#                    backing off, wait_ms how long boot waits for the first join
+#   watchdog_ms      int, 0 or 1000..3600000 [0: off]: board HALs start machine.WDT
+#                    with it (RP2040: at most 8388, RP2350 16777; longer is cut
+#                    with a log line). Once started it cannot be stopped
+#   ntp              true, false or {"host": str ["pool.ntp.org"]} [true]: board
+#                    HALs set the clock by NTP after each Wi-Fi join (every 12 h)
+#                    and the node takes its time base from it
+#   deep_sleep       {"awake_ms": int 100..86400000, "sleep_ms": int 1000..4294000}
+#                    or null [null]: board HALs only; after awake_ms of running the
+#                    node saves epoch, seq and schedule and deep-sleeps sleep_ms,
+#                    then continues the same epoch (docs/BOARDS.md)
 #   sensors          [{"topic": str, "kind": str, "period_ms": int, ...params}] [[]]
 #                    kinds and their params: firmware/sensors.py KINDS
 #   bases            [[host, port], ...] [[]]: static subscribers (all topics, no
@@ -32,7 +47,7 @@
 # Serial chain (transport "serial", firmware/chain.py; bases and discovery are not used):
 #   uart             {"up": UART, "down": UART or null}, required, "up" not null
 #                    UART = {"id": int, "tx": int, "rx": int, "baud": int [115200],
-#                            "path": str (unix port: the pty), "rxbuf": int [1024]}
+#                            "path": str (unix port: the pty), "rxbuf": int [2048]}
 #   durable          bool [false]: keep accepted events and forwarded messages in a
 #                    flash log until acknowledged (firmware/outbox.py)
 #   outbox           {"max": int [256], "max_bytes": int [8192],
@@ -113,43 +128,54 @@ def _check_keys(d, known, where):
 
 
 class Config:
-    # plain attributes; see the schema above
-    def __init__(self):
-        self.node = 0
-        self.transport = "udp"
-        self.wifi_ssid = ""
-        self.wifi_password = ""
-        self.sensors = []          # list of dicts, checked, with defaults filled in
-        self.bases = []            # list of (host, port)
-        self.discovery_port = None
-        self.discovery_bind = "0.0.0.0"
-        self.key = None            # bytes or None
-        self.status_every_ms = 5000
-        self.firmware = FIRMWARE_VERSION
-        self.max_subscribers = 8
-        self.max_events = None
-        self.batch_ms = 0
-        self.float32 = False
-        self.host_clock = False
-        # serial chain
-        self.uart_up = None        # dict (checked, defaults filled) or None
-        self.uart_down = None
-        self.durable = False
-        self.outbox_max = 256
-        self.outbox_max_bytes = 8192
-        self.outbox_policy = "drop_oldest"
-        self.forward_max = 256
-        self.forward_max_bytes = 8192
-        self.window = 8
-        self.link = dict(LINK_DEFAULTS)
-        self.log = dict(LOG_DEFAULTS)
-        self.stop_drain_ms = 1000
+    # Plain attributes (see the schema above); the defaults are class attributes and
+    # from_dict() sets every mutable one per instance. No methods on purpose: nothing
+    # in a Config refers back to this module, so a node can drop firmware.config
+    # from sys.modules after boot (firmware/node.py load_config) and free its code.
+    node = 0
+    transport = "udp"
+    wifi_ssid = ""
+    wifi_password = ""
+    sensors = None             # list of dicts, checked, with defaults filled in
+    bases = None               # list of (host, port)
+    discovery_port = None
+    discovery_bind = "0.0.0.0"
+    key = None                 # bytes or None
+    status_every_ms = 5000
+    firmware = FIRMWARE_VERSION
+    max_subscribers = 8
+    max_events = None
+    batch_ms = 0
+    float32 = False
+    host_clock = False
+    # board HALs (firmware/hal_board.py reads these attribute names)
+    wifi_country = ""
+    wifi_timeout_ms = 15000
+    wifi_wait_ms = 15000
+    watchdog_ms = 0
+    ntp = True
+    ntp_host = None
+    awake_ms = 0               # deep_sleep: 0 = never sleep
+    sleep_ms = 0
+    # serial chain
+    uart_up = None             # dict (checked, defaults filled) or None
+    uart_down = None
+    durable = False
+    outbox_max = 256
+    outbox_max_bytes = 8192
+    outbox_policy = "drop_oldest"
+    forward_max = 256
+    forward_max_bytes = 8192
+    window = 8
+    link = None                # dict: LINK_DEFAULTS with node.json's values
+    log = None                 # dict: LOG_DEFAULTS with node.json's values
+    stop_drain_ms = 1000
 
 
 _TOP = ("node", "transport", "wifi", "sensors", "bases", "discovery", "key",
         "status_every_ms", "firmware", "max_subscribers", "max_events", "batch_ms",
         "float32", "host_clock", "uart", "durable", "outbox", "forward", "window", "link",
-        "log", "stop_drain_ms")
+        "log", "stop_drain_ms", "watchdog_ms", "ntp", "deep_sleep")
 TRANSPORTS = ("udp", "serial")
 POLICIES = ("drop_oldest", "drop_newest", "block")
 LINK_DEFAULTS = {"max_payload": 256, "frame_bytes": 0, "max_retries": 16, "rto_ms": 1000,
@@ -212,6 +238,10 @@ def from_dict(d):
         _fail("top level", "a JSON object", d)
     _check_keys(d, _TOP, "")
     c = Config()
+    c.sensors = []
+    c.bases = []
+    c.link = dict(LINK_DEFAULTS)
+    c.log = dict(LOG_DEFAULTS)
     if "node" not in d:
         raise ConfigError("node.json: node: missing (the node id, an integer 0..4294967295)")
     c.node = _int(d, "node", "", 0, _MAX_U32)
@@ -222,9 +252,16 @@ def from_dict(d):
     if wifi is not None:
         if not isinstance(wifi, dict):
             _fail("wifi", 'an object {"ssid": ..., "password": ...}', wifi)
-        _check_keys(wifi, ("ssid", "password"), "wifi.")
+        _check_keys(wifi, ("ssid", "password", "country", "timeout_ms", "wait_ms"), "wifi.")
         c.wifi_ssid = _str(wifi, "ssid", "wifi.", "", 32)
         c.wifi_password = _str(wifi, "password", "wifi.", "", 64)
+        cc = wifi.get("country", "")
+        if not isinstance(cc, str) or (cc and (len(cc) != 2 or not "A" <= cc[0] <= "Z"
+                                               or not "A" <= cc[1] <= "Z")):
+            _fail("wifi.country", 'a two-letter country code like "DE" (ISO 3166), or ""', cc)
+        c.wifi_country = cc
+        c.wifi_timeout_ms = _int(wifi, "timeout_ms", "wifi.", 1000, 600000, 15000)
+        c.wifi_wait_ms = _int(wifi, "wait_ms", "wifi.", 0, 600000, 15000)
     specs = d.get("sensors", [])
     if not isinstance(specs, list):
         _fail("sensors", "a list of sensor objects", specs)
@@ -267,6 +304,7 @@ def from_dict(d):
     c.batch_ms = _int(d, "batch_ms", "", 0, 60000, 0)
     c.float32 = _bool(d, "float32", "", False)
     c.host_clock = _bool(d, "host_clock", "", False)
+    _board(d, c)
     _serial(d, c)
     if c.transport == "serial":
         return c
@@ -275,12 +313,43 @@ def from_dict(d):
     return c
 
 
+def _board(d, c):
+    # watchdog, NTP and deep sleep: read by board HALs, ignored by the unix HAL
+    wd = d.get("watchdog_ms", 0)
+    if wd is None:
+        wd = 0
+    if not _is_int(wd) or (wd != 0 and not 1000 <= wd <= 3600000):
+        _fail("watchdog_ms", "0 (off) or an integer 1000..3600000", wd)
+    c.watchdog_ms = wd
+    ntp = d.get("ntp", True)
+    if isinstance(ntp, dict):
+        _check_keys(ntp, ("host",), "ntp.")
+        host = ntp.get("host", "pool.ntp.org")
+        if not isinstance(host, str) or not host or len(host) > 64:
+            _fail("ntp.host", "a host name of 1..64 characters", host)
+        c.ntp = True
+        c.ntp_host = host
+    elif isinstance(ntp, bool):
+        c.ntp = ntp
+    else:
+        _fail("ntp", 'true, false or {"host": "pool.ntp.org"}', ntp)
+    ds = d.get("deep_sleep")
+    if ds is not None:
+        if not isinstance(ds, dict):
+            _fail("deep_sleep", 'an object {"awake_ms": ..., "sleep_ms": ...} or null', ds)
+        _check_keys(ds, ("awake_ms", "sleep_ms"), "deep_sleep.")
+        if "awake_ms" not in ds or "sleep_ms" not in ds:
+            raise ConfigError("node.json: deep_sleep: needs both awake_ms and sleep_ms")
+        c.awake_ms = _int(ds, "awake_ms", "deep_sleep.", 100, 86400000)
+        c.sleep_ms = _int(ds, "sleep_ms", "deep_sleep.", 1000, 4294000)
+
+
 def _uart(spec, where):
     if not isinstance(spec, dict):
         _fail(where, 'an object {"id": ..., "tx": ..., "rx": ..., "baud": ..., "path": ...}', spec)
     _check_keys(spec, ("id", "tx", "rx", "baud", "path", "rxbuf"), where + ".")
     out = {"baud": _int(spec, "baud", where + ".", 1200, 5000000, 115200),
-           "rxbuf": _int(spec, "rxbuf", where + ".", 64, 65536, 1024)}
+           "rxbuf": _int(spec, "rxbuf", where + ".", 64, 65536, 2048)}
     for k in ("id", "tx", "rx"):
         out[k] = _int(spec, k, where + ".", 0, 255, None, True)
     path = spec.get("path")

@@ -8,7 +8,9 @@
 # uart_open(spec) returning a UART with the interface of firmware/uart_unix.py
 # (read_into / any / write / stream / close), watched by wait_readable().
 #
-# What boards add (the node and main.py wire these; see docs/BOARDS.md):
+# What boards add (firmware/node.py main(), Node.boot and Node.run use these; see
+# docs/BOARDS.md "What /main.py does on a board"):
+#   register_kinds()               before node.json is checked: the board sensor kinds
 #   begin(cfg, watchdog_ms=None)   after node.json is loaded: watchdog, Wi-Fi (waits
 #                                  up to wifi_wait_ms for the first association), NTP
 #   feed()                         once per node step: feeds the watchdog, checks Wi-Fi
@@ -19,7 +21,8 @@
 #   time_synced()                  True once after each NTP sync: refresh the time base
 #   resume()                       at boot, before the epoch file is touched: None for
 #                                  a new epoch (power-on, reset, watchdog) or the Resume
-#                                  saved by deep_sleep() (same epoch, seq continues)
+#                                  saved by deep_sleep() (same epoch, seq continues;
+#                                  firmware/board_sleep.py)
 #   deep_sleep(ms, node)           save the node's state in RTC memory and power down
 #   uart_open(spec)                a BoardUart (machine.UART behind the read_into /
 #                                  any / write / stream / close interface of
@@ -56,8 +59,8 @@
 # subclass says which. Both mean "nothing"; any other errno is counted.
 #
 # Watchdog. machine.WDT cannot be stopped or slowed once started (MicroPython docs),
-# so it is off unless begin() gets watchdog_ms (node.json "watchdog_ms" once the
-# config accepts it). Bounds: ESP32 >= 1000 ms (older firmware took whole seconds),
+# so it is off unless begin() gets watchdog_ms (node.json "watchdog_ms", checked by
+# firmware/config.py). Bounds: ESP32 >= 1000 ms (older firmware took whole seconds),
 # RP2040 <= 8388 ms, RP2350 <= 16777 ms (ports/rp2/machine_wdt.c). Reflashing a board
 # whose watchdog runs: see docs/BOARDS.md.
 #
@@ -69,13 +72,16 @@
 # cause says deep-sleep wake and the record checks, and clears it, so a later reset
 # or power-on starts a new epoch from the epoch file as usual.
 #
+# Modules. What only some nodes need lives beside this one and is imported on first
+# use, so the others do not keep its code in RAM: firmware/board_sleep.py (Resume,
+# the deep-sleep record), firmware/board_uart.py (BoardUart, serial chain),
+# firmware/board_sensors.py (BoardSensor and the SHT3x reader, board sensor kinds).
+#
 # Memory: the record is packed into one bytearray with struct.pack_into; wall_ms and
 # the record use bigints (ms timestamps do not fit 31-bit small ints), once per call.
 # The hot path (udp_send) allocates nothing of its own.
 import sys
 import select
-import struct
-import binascii
 
 import machine
 
@@ -109,20 +115,9 @@ _UART_RXBUF_MIN = const(1024)
 _UART_TXBUF = const(1024)           # a whole frame fits: write() rarely waits
 _LOG_FIRST = const(3)               # errors: log the first few, then every 100th
 
-# Resume record (little-endian): header, one (n, next_due) per sensor, CRC-32 of all
-# before it. Layout: magic u32, flags u16, sensor count u16, epoch, next_seq, uptime
-# at wake, time_base: i64 each.
-_REC_MAGIC = const(0x5354524C)      # "STRL"; below 2^31 so it is a small int everywhere
-_REC_HDR = "<IHHqqqq"
-_REC_HDR_LEN = const(40)
-_REC_SENSOR = "<qq"
-_REC_SENSOR_LEN = const(16)
-_REC_HAS_TIME_BASE = const(1)
-_REC_WALL_OK = const(2)             # the RTC held NTP time when the board went to sleep
-
 # Board sensor kinds: parameters and defaults, in the format of firmware/sensors.py
-# KINDS (firmware/config.py checks node.json against them once they are merged there:
-# register_kinds()). Values are integers: mcu_temp in 0.01 degC, adc in mV, sht3x in
+# KINDS (firmware/config.py checks node.json against them once register_kinds() has
+# merged them there; firmware.node.load_config() does that before loading). Values are integers: mcu_temp in 0.01 degC, adc in mV, sht3x in
 # 0.01 degC / 0.01 %RH ({"t": .., "rh": ..} for measure "both"). A failed read
 # publishes null and is counted in the sensor's `errors`.
 KINDS = {
@@ -148,73 +143,6 @@ def _get(cfg, key, default):
 
 def _errno(e):
     return e.args[0] if e.args else 0
-
-
-class Resume:
-    # What deep_sleep() saved and resume() hands back: the node continues with the
-    # same epoch, next_seq and uptime (uptime already includes the sleep).
-    def __init__(self, epoch, next_seq, uptime, time_base=None, sensor_state=(), wall_ok=False):
-        self.epoch = epoch
-        self.next_seq = next_seq
-        self.uptime = uptime
-        self.time_base = time_base
-        self.sensors = list(sensor_state)   # [(n, next_due), ...] in node.sensors order
-        self.wall_ok = wall_ok
-
-    @staticmethod
-    def from_node(node, sleep_ms, wall_ok=False):
-        # the state of a firmware.node.Node (or anything with the same attributes)
-        st = []
-        for s in node.sensors:
-            st.append((getattr(s, "n", 0), getattr(s, "next_due", 0)))
-        return Resume(node.epoch, node.next_seq, node.uptime + sleep_ms, node.time_base, st,
-                      wall_ok)
-
-    def apply(self, node):
-        # put the saved state into a freshly built node; False (nothing changed) when
-        # its sensors do not match the record (node.json changed while asleep)
-        if len(self.sensors) != len(node.sensors):
-            return False
-        node.epoch = self.epoch
-        node.next_seq = self.next_seq
-        node.uptime = self.uptime
-        node.time_base = self.time_base
-        for i in range(len(self.sensors)):
-            s = node.sensors[i]
-            s.n = self.sensors[i][0]
-            s.next_due = self.sensors[i][1]
-        return True
-
-    def pack(self):
-        ns = len(self.sensors)
-        buf = bytearray(_REC_HDR_LEN + ns * _REC_SENSOR_LEN + 4)
-        flags = (_REC_HAS_TIME_BASE if self.time_base is not None else 0) | (
-            _REC_WALL_OK if self.wall_ok else 0)
-        struct.pack_into(_REC_HDR, buf, 0, _REC_MAGIC, flags, ns, self.epoch, self.next_seq,
-                         self.uptime, self.time_base or 0)
-        off = _REC_HDR_LEN
-        for n, due in self.sensors:
-            struct.pack_into(_REC_SENSOR, buf, off, n, due)
-            off += _REC_SENSOR_LEN
-        struct.pack_into("<I", buf, off, binascii.crc32(memoryview(buf)[:off]) & 0xFFFFFFFF)
-        return bytes(buf)
-
-    @staticmethod
-    def unpack(raw):
-        # a record from pack(), or None for anything else (empty, torn, foreign)
-        if not raw or len(raw) < _REC_HDR_LEN + 4:
-            return None
-        end = len(raw) - 4
-        if binascii.crc32(memoryview(raw)[:end]) & 0xFFFFFFFF != struct.unpack_from("<I", raw, end)[0]:
-            return None
-        magic, flags, ns, epoch, seq, up, tb = struct.unpack_from(_REC_HDR, raw, 0)
-        if magic != _REC_MAGIC or end != _REC_HDR_LEN + ns * _REC_SENSOR_LEN:
-            return None
-        st = []
-        for i in range(ns):
-            st.append(struct.unpack_from(_REC_SENSOR, raw, _REC_HDR_LEN + i * _REC_SENSOR_LEN))
-        return Resume(epoch, seq, up, tb if flags & _REC_HAS_TIME_BASE else None, st,
-                      bool(flags & _REC_WALL_OK))
 
 
 class _Pending:
@@ -343,99 +271,6 @@ class Wifi:
         self.backoff = min(self.backoff * 2, _BACKOFF_MAX_MS)
 
 
-class BoardUart:
-    # machine.UART behind the chain's UART interface (firmware/uart_unix.py):
-    #   read_into(buf) -> n    bytes copied into buf, 0 when nothing waits (never blocks:
-    #                          asks only for what any() says has arrived)
-    #   any() -> bool          bytes are waiting
-    #   write(data) -> n       all of data; waits while the TX buffer is full (RP2 with
-    #                          timeout=0 writes what fits and raises EAGAIN when nothing
-    #                          does, so this loops), as UnixUart.write does
-    #   stream() / close()     the machine.UART (select.poll watches it) / deinit
-    def __init__(self, uart, uid, baud, rxbuf, sleep_ms):
-        self.uart = uart
-        self.id = uid
-        self.baud = baud
-        self.rxbuf = rxbuf
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.overruns = 0        # reads that found the receive buffer full: bytes lost
-        self._sleep_ms = sleep_ms
-
-    def stream(self):
-        return self.uart
-
-    def any(self):
-        return self.uart.any() > 0
-
-    def read_into(self, buf):
-        u = self.uart
-        n = u.any()
-        if not n:
-            return 0
-        if n >= self.rxbuf:
-            self.overruns += 1
-        if n > len(buf):
-            n = len(buf)
-        got = u.readinto(buf, n)
-        if not got:
-            return 0
-        self.bytes_in += got
-        return got
-
-    def write(self, data):
-        n = len(data)
-        try:
-            done = self.uart.write(data) or 0
-        except OSError:   # EAGAIN: TX buffer full (RP2, timeout=0)
-            done = 0
-        if done < n:      # the rest in pieces; the memoryview (~32 bytes) only here
-            mv = memoryview(data)
-            while done < n:
-                try:
-                    k = self.uart.write(mv[done:])
-                except OSError:
-                    k = 0
-                if not k:
-                    self._sleep_ms(1)   # ~11 bytes drain at 115200 baud meanwhile
-                    k = 0
-                done += k
-        self.bytes_out += n
-        return n
-
-    def close(self):
-        try:
-            self.uart.deinit()
-        except (AttributeError, OSError):
-            pass
-
-
-class BoardSensor:
-    # A board sensor with the interface firmware/node.py uses from sensors.Sensor:
-    # topic, kind, period_ms, n, next_due, sample(). `read` returns an int (or a small
-    # dict); an OSError from the hardware publishes null and is counted.
-    def __init__(self, hal, spec, node_id, index, read):
-        self.hal = hal
-        self.topic = spec["topic"]
-        self.kind = spec["kind"]
-        self.period_ms = spec["period_ms"]
-        self.n = 0
-        # staggered like the synthetic sensors, so nodes do not sample in lockstep
-        self.next_due = sensors.seed_for(node_id, index) % self.period_ms
-        self.errors = 0
-        self._read = read
-
-    def sample(self):
-        self.n += 1
-        try:
-            return self._read()
-        except OSError as e:
-            self.errors += 1
-            if self.errors <= _LOG_FIRST or self.errors % 100 == 0:
-                self.hal.log("sensor %s: read failed (%d so far): %s" % (self.topic, self.errors, e))
-            return None
-
-
 class BoardHal:
     # Subclasses set these and implement the _hooks at the end.
     board = "board"
@@ -488,6 +323,10 @@ class BoardHal:
         self.ntp_errors = 0
 
     # --- setup after node.json is known ----------------------------------------------
+    def register_kinds(self):
+        # before node.json is checked: firmware/config.py accepts the board kinds
+        register_kinds()
+
     def begin(self, cfg, watchdog_ms=None):
         # Start the watchdog and Wi-Fi as cfg (firmware.config.Config) says. Waits up
         # to wifi_wait_ms (15 s) for the first association, feeding the watchdog;
@@ -764,6 +603,7 @@ class BoardHal:
             raise ValueError("uart.baud: expected 1200..5000000, got %r" % (baud,))
         u = machine.UART(uid, baud, bits=8, parity=None, stop=1, tx=machine.Pin(tx),
                          rx=machine.Pin(rx), rxbuf=rxbuf, txbuf=txbuf, timeout=0)
+        from firmware.board_uart import BoardUart
         bu = BoardUart(u, uid, baud, rxbuf, self.sleep_ms)
         self._uarts.append(bu)
         self.watch(u)
@@ -781,9 +621,11 @@ class BoardHal:
                 raise ValueError("sensor %s: samples must be 1..64" % spec["topic"])
             read = self._adc_reader(spec.get("pin", -1), samples)
         elif kind == "sht3x":
-            read = self._sht3x_reader(spec)
+            from firmware.board_sensors import sht3x_reader
+            read = sht3x_reader(spec, self.sleep_ms)
         else:
             raise ValueError("sensor kind %r is not a board kind" % (kind,))
+        from firmware.board_sensors import BoardSensor
         return BoardSensor(self, spec, node_id, index, read)
 
     def make_sensors(self, specs, node_id, f32=False):
@@ -797,35 +639,6 @@ class BoardHal:
                 out.append(sensors.Sensor(spec, node_id, i, f32))
         return out
 
-    def _sht3x_reader(self, spec):
-        from firmware import sht3x
-        freq = spec.get("freq", 100000)
-        scl = spec.get("scl", -1)
-        sda = spec.get("sda", -1)
-        if scl >= 0 and sda >= 0:
-            i2c = machine.I2C(spec.get("i2c", 0), scl=machine.Pin(scl), sda=machine.Pin(sda),
-                              freq=freq)
-        else:   # the port's default pins for this bus
-            i2c = machine.I2C(spec.get("i2c", 0), freq=freq)
-        dev = sht3x.SHT3x(i2c, spec.get("address", 0x44), sleep_ms=self.sleep_ms)
-        what = spec.get("measure", "both")
-        if what == "t":
-            def read_t():
-                dev.measure()
-                return dev.temperature_centi
-            return read_t
-        if what == "rh":
-            def read_rh():
-                dev.measure()
-                return dev.humidity_centi
-            return read_rh
-        if what == "both":
-            def read_both():
-                dev.measure()
-                return {"t": dev.temperature_centi, "rh": dev.humidity_centi}
-            return read_both
-        raise ValueError("sensor %s: measure must be \"t\", \"rh\" or \"both\"" % spec["topic"])
-
     # --- deep sleep -------------------------------------------------------------------------
     def resume(self):
         # Once at boot, before the epoch file: the Resume saved by deep_sleep() if this
@@ -836,6 +649,7 @@ class BoardHal:
         self._resume_done = True
         r = None
         if self._woke_from_deep_sleep():
+            from firmware.board_sleep import Resume
             r = Resume.unpack(self._rtc_load())
             if r is None:
                 self.log("deep-sleep wake without a valid resume record: new epoch")
@@ -853,6 +667,7 @@ class BoardHal:
         # does not return: the board boots again and resume() returns the same
         # Resume. Returns it where the sleep returns (tests' fake machine).
         ms = self._clamp_sleep(ms)
+        from firmware.board_sleep import Resume
         r = Resume.from_node(node, ms, self._wall_ok)
         data = r.pack()
         if self.RTC_MAX and len(data) > self.RTC_MAX:

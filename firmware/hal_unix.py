@@ -16,6 +16,8 @@
 #   uart_open(spec) -> UART (read_into/any/write, firmware/uart_unix.py), watched by
 #                   wait_readable                 serial chain
 #   free_mem() / mem_alloc() / log(msg) / close()
+#   feed()                          once per node loop: nothing here (boards: watchdog,
+#                                   Wi-Fi, NTP; see firmware/hal_board.py)
 #   commands: lines other than "stop" read from stdin (stdin_control), oldest first
 import sys
 
@@ -73,6 +75,10 @@ class UnixHal:
     def sleep_ms(self, ms):
         if ms > 0:
             self._time.sleep(ms / 1000)
+
+    def feed(self):
+        # the board HALs' once-per-loop hook (watchdog, Wi-Fi, NTP): no work here
+        pass
 
     # --- network ----------------------------------------------------------------
     def udp_open(self, port=0, reuse=False, broadcast=False, bind="0.0.0.0"):

@@ -13,12 +13,21 @@
 # Boot: the epoch in flash (file "epoch") is read, incremented and written back
 # (temporary file + rename) before anything is sent, so (epoch, seq) never repeats.
 # Static bases from node.json become permanent subscriptions and get a STATUS.
+# A wake from deep sleep (board HALs: hal.resume() returns the saved record) is not
+# a new boot: epoch, next seq, uptime, time base and sensor schedule continue and
+# the epoch file is left alone (static bases: last_sent = next_seq - 1, no skip).
+#
+# Platforms: make_hal() picks the HAL by sys.platform (esp32, rp2, else unix).
+# main() registers the board's sensor kinds before node.json is checked, calls
+# hal.begin(cfg) (watchdog, Wi-Fi, NTP), and run() calls hal.feed() every loop.
 #
 # Time: `uptime` is ms since boot, an int accumulated from ticks_diff so it never
 # wraps (ticks wrap after ~12 days on boards). Every reading's t is the uptime when
 # it was sampled. time_base (Unix ms at uptime 0) is learned from the first ANNOUNCE
 # that carries wall_ms, and replaced when a later one disagrees by more than 1 s;
-# every subscriber then gets a STATUS so the base can convert t to wall time.
+# every subscriber then gets a STATUS so the base can convert t to wall time. A
+# board whose clock NTP has set (hal.time_synced()) gives the time base itself, and
+# from then on ANNOUNCEs no longer move it.
 #
 # Sequence numbers: one counter per boot for the whole node (0, 1, 2, ...), taken
 # when a reading is sampled. Per-subscriber `skip` accounting is explained in
@@ -36,21 +45,25 @@
 #
 # Sending never blocks: the socket is non-blocking, a refused datagram is counted
 # (send_errors; for EVENT/BATCH also `dropped`, per reading) and forgotten.
-# Receiving never crashes: any datagram that is not a valid message is counted
-# (rx_bad, logged for the first few) and ignored; valid kinds other than ANNOUNCE
-# are ignored.
+# Receiving never crashes: any datagram that is not a Starling message of this
+# version, or an ANNOUNCE with a bad field, is counted (rx_bad, logged for the first
+# few) and ignored; other kinds are ignored without further checks.
 #
-# Memory: the hot path (one EVENT to one subscriber) encodes into one preallocated
-# buffer with pre-encoded topic and header bytes. Measured on the unix port
-# (tests/test_node_memory.py): 32 bytes per publish per subscriber for an int
-# reading (the memoryview handed to sendto), ~190 for a float waveform (boxed
-# floats); about 79 KB held after boot, imports included (64-bit objects).
+# Memory: the node imports protocol.nodewire (EventWriter, StatusWriter, ANNOUNCE
+# checks), not protocol.messages; main() drops firmware.config and protocol.codes
+# after node.json is checked (load_config). The hot path (one EVENT to subscribers)
+# writes the event once with nodewire.EventWriter (pre-encoded head, node, epoch and
+# topic), then only its skip per subscriber; each subscriber's topic match is a flag
+# per sensor (Subscriber.want) computed when its filters are set; the memoryview
+# handed to sendto is cached per length. STATUS uses nodewire.StatusWriter and a
+# counter list filled in place. Measured on the unix port (tests/test_node_memory.py,
+# tests/dual/test_node_wire.py, bench/node.py): 0 bytes per publish for int, bool
+# and float readings (a float waveform's own boxed floats, ~160 bytes, are the
+# sensor's), 0 per STATUS.
 import sys
 
 from protocol import cbor
-from protocol import codes
-from protocol import messages
-from firmware import config
+from protocol import nodewire
 from firmware import sensors
 from firmware.subscribers import Table
 
@@ -64,7 +77,21 @@ _HDR_EVENT = const(0x87)     # CBOR array(7): EVENT without skip
 _HDR_EVENT_SKIP = const(0x88)
 _RX_PER_WAKE = const(16)     # datagrams read per wake-up: a flood cannot starve sampling
 _LOG_BAD_FIRST = const(5)    # rx_bad: log the first few, then every 1000th
+_BATCH_MAX = const(20)       # readings waiting at most (firmware.config.BATCH_MAX)
+_HEAD_BATCH = const(2)       # messages.head(codes.KIND_BATCH)
+# protocol/codes.py's values, private here so the node does not keep that module in
+# RAM (tests/dual/test_node_wire.py checks they agree)
+_MAX_DATAGRAM = const(1400)  # codes.MAX_DATAGRAM
+_CAP_UDP = const(1)
+_CAP_AUTH = const(8)
+_CAP_TIME = const(16)
+_CAP_BATCH = const(32)
+_MAX_BODY = const(1391)      # MAX_DATAGRAM - 9: an EVENT body leaves room for any skip
 _EPOCH_FILE = "epoch"
+# STATUS counter keys in CBOR map order (ascending); _counters() fills them so
+# (codes.CTR_PUBLISHED, CTR_DROPPED, CTR_QUEUE, CTR_FREE_MEM, CTR_RATE_SHED, CTR_RX_BAD,
+# CTR_SEND_ERRORS)
+_STATUS_KEYS = (1, 2, 4, 5, 6, 7, 8)
 _COUNTERS_FILE = "counters.json"
 
 
@@ -78,6 +105,8 @@ class Node:
         self.uptime = 0
         self._ticks = 0
         self.time_base = None
+        self._tb_clock = False    # time_base came from the HAL's synced clock (NTP)
+        self.resumed = False      # this boot continued an epoch after deep sleep
         self.done = False
         self.booted = False
         # counters (STATUS keys in protocol/codes.py)
@@ -87,9 +116,15 @@ class Node:
         self.rx_bad = 0
         self.send_errors = 0
         self.statuses = 0
-        self.subs = Table(cfg.max_subscribers)
-        self.sensors = sensors.make(cfg.sensors, cfg.node, cfg.float32)
+        # board HALs add their own kinds (mcu_temp, adc, sht3x) beside the synthetic ones
+        mk = getattr(hal, "make_sensors", None)
+        if mk is not None:
+            self.sensors = mk(cfg.sensors, cfg.node, cfg.float32)
+        else:
+            self.sensors = sensors.make(cfg.sensors, cfg.node, cfg.float32)
         self._topic_cbor = [cbor.dumps(s.topic) for s in self.sensors]
+        # the topics are fixed: each subscriber keeps a flag per sensor (want[i])
+        self.subs = Table(cfg.max_subscribers, [s.topic for s in self.sensors])
         self.key = None
         self._sign = None
         if cfg.key:
@@ -97,40 +132,64 @@ class Node:
             from protocol.auth import Key, sign
             self.key = Key(cfg.key)
             self._sign = sign
-        self.caps = codes.CAP_UDP | (codes.CAP_AUTH if self.key else 0) | (
-            codes.CAP_BATCH if cfg.batch_ms else 0)
-        # one datagram's worth, reused for every EVENT/BATCH (overflow: CBOREncodeError,
-        # the reading is counted dropped)
-        self.enc = cbor.Encoder(codes.MAX_DATAGRAM)
-        self._prefix = b""
+        self.caps = _CAP_UDP | (_CAP_AUTH if self.key else 0) | (
+            _CAP_BATCH if cfg.batch_ms else 0)
+        # EVENTs: nodewire.EventWriter, made at boot (it holds node and epoch). BATCHes:
+        # one datagram's worth of cbor.Encoder (overflow: CBOREncodeError, the readings
+        # are counted dropped), only when batching. STATUS: nodewire.StatusWriter with
+        # the counters in _ctr (keys in sorted order: _STATUS_KEYS)
+        self.writer = None
+        self.enc = cbor.Encoder(_MAX_DATAGRAM) if cfg.batch_ms else None
+        self._views = {}     # memoryviews of enc.buffer by length (BATCH)
+        self.status_writer = nodewire.StatusWriter(cfg.node, cfg.firmware, _STATUS_KEYS)
+        self._ctr = [0] * len(_STATUS_KEYS)
         self.next_status = cfg.status_every_ms
         self.tx = None
         self.rx = None
         # batching: readings waiting to go out (consecutive seqs from _b_seq0)
         self._b_n = 0
         self._b_seq0 = 0
-        self._b_t = [0] * config.BATCH_MAX
-        self._b_sensor = [0] * config.BATCH_MAX
-        self._b_value = [None] * config.BATCH_MAX
-        self._b_send = bytearray(config.BATCH_MAX)
+        self._b_t = [0] * _BATCH_MAX
+        self._b_sensor = [0] * _BATCH_MAX
+        self._b_value = [None] * _BATCH_MAX
+        self._b_send = bytearray(_BATCH_MAX)
 
     # --- boot ---------------------------------------------------------------------
-    def boot(self, now=None):
-        # Persist the new epoch, open sockets, subscribe static bases.
+    def boot(self, now=None, resume=None):
+        # Persist the new epoch, open sockets, subscribe static bases. A deep-sleep
+        # wake (resume: a hal_board.Resume, by default asked from hal.resume())
+        # continues the saved epoch, seq, uptime, time base and sensor schedule
+        # instead: the epoch file is not touched.
         hal = self.hal
-        raw = hal.read_file(_EPOCH_FILE)
-        prev = 0
-        if raw:
-            try:
-                prev = int(raw)
-            except ValueError:
-                hal.log("epoch file unreadable (%r): starting from 0" % (raw,))
-        self.epoch = prev + 1
-        hal.write_file_atomic(_EPOCH_FILE, str(self.epoch).encode())
+        if resume is None:
+            res = getattr(hal, "resume", None)
+            if res is not None:
+                resume = res()
+        if resume is not None and not resume.apply(self):
+            hal.log("resume record does not match node.json (sensors changed): new epoch")
+            resume = None
+        self.resumed = resume is not None
+        if resume is None:
+            raw = hal.read_file(_EPOCH_FILE)
+            prev = 0
+            if raw:
+                try:
+                    prev = int(raw)
+                except ValueError:
+                    hal.log("epoch file unreadable (%r): starting from 0" % (raw,))
+            self.epoch = prev + 1
+            hal.write_file_atomic(_EPOCH_FILE, str(self.epoch).encode())
+        else:
+            # uptime: the record holds uptime + the sleep; a clock that ran through the
+            # sleep (ESP32 RTC after NTP) also counts the wake's boot and Wi-Fi join
+            wall = hal.wall_ms()
+            if wall is not None and self.time_base is not None and wall - self.time_base > self.uptime:
+                self.uptime = wall - self.time_base
+            # the STATUS cadence goes on from the wake (the record does not keep it)
+            self.next_status = self.uptime + self.cfg.status_every_ms
         self._ticks = hal.ticks_ms() if now is None else now
         # head, node and epoch are the same in every EVENT of this boot
-        self._prefix = (cbor.dumps(messages.head(codes.KIND_EVENT)) + cbor.dumps(self.node_id)
-                        + cbor.dumps(self.epoch))
+        self.writer = nodewire.EventWriter(self.node_id, self.epoch, _MAX_DATAGRAM + 16, 0)
         self.tx = hal.udp_open(0, False, True)
         if self.cfg.discovery_port is not None:
             self.rx = hal.udp_open(self.cfg.discovery_port, True, True, self.cfg.discovery_bind)
@@ -138,16 +197,38 @@ class Node:
             wall = hal.wall_ms()
             if wall is not None:
                 self.time_base = wall - self.uptime
+        synced = getattr(hal, "time_synced", None)
+        if synced is not None:
+            synced()   # a sync during hal.begin(): wall_ms() below has it
+            self._clock_time(False)
         for host, port in self.cfg.bases:
             sub = self.subs.add_static("static:%s:%d" % (host, port), hal.resolve(host, port), 0)
             if sub is not None:
+                # after a wake the base has everything before next_seq: no skip claimed
+                sub.last_sent = self.next_seq - 1
                 self._send_status(sub)
         self.booted = True
-        hal.log("node %d epoch %d: %d sensors, %d static bases, discovery %s" % (
-            self.node_id, self.epoch, len(self.sensors), len(self.cfg.bases),
-            self.cfg.discovery_port))
+        hal.log("node %d epoch %d%s: %d sensors, %d static bases, discovery %s" % (
+            self.node_id, self.epoch, " (resumed at seq %d)" % self.next_seq if self.resumed else "",
+            len(self.sensors), len(self.cfg.bases), self.cfg.discovery_port))
 
     # --- clock ----------------------------------------------------------------------
+    def _clock_time(self, announce=True):
+        # The HAL's wall clock is set (NTP on a board): time_base from it, replacing
+        # one learned from an ANNOUNCE when they differ by more than 1 s; from now on
+        # ANNOUNCEs no longer move it. announce: send every subscriber a STATUS.
+        wall = self.hal.wall_ms()
+        if wall is None:
+            return
+        self._advance(self.hal.ticks_ms())   # uptime at the same moment as wall
+        self._tb_clock = True
+        tb = wall - self.uptime
+        if self.time_base is None or tb - self.time_base > 1000 or self.time_base - tb > 1000:
+            self.time_base = tb
+            self.hal.log("time base from the board clock: %d" % tb)
+            if announce:
+                self._send_status_all()
+
     def _advance(self, now):
         d = self.hal.ticks_diff(now, self._ticks)
         if d > 0:
@@ -172,7 +253,7 @@ class Node:
                 if self.cfg.max_events is not None and self.published >= self.cfg.max_events:
                     self.finish()
                     return 1000
-        if self._b_n and (self._b_n >= config.BATCH_MAX
+        if self._b_n and (self._b_n >= _BATCH_MAX
                           or up - self._b_t[0] >= self.cfg.batch_ms):
             self._flush_batch()
         if up >= self.next_status:
@@ -198,11 +279,11 @@ class Node:
         if now is not None:
             self._advance(now)
         try:
-            msg = messages.decode(data)
+            msg = nodewire.parse_announce(data)
         except Exception as e:  # ProtocolError, or anything odd a hostile datagram causes
             self._bad(e)
             return
-        if isinstance(msg, messages.Announce):
+        if msg is not None:
             try:
                 self._announce(msg, addr)
             except Exception as e:  # e.g. an unresolvable host
@@ -232,7 +313,13 @@ class Node:
         if not self.booted:
             self.boot()
         end = None if duration_ms is None else self.uptime + duration_ms
+        feed = getattr(hal, "feed", None)
+        synced = getattr(hal, "time_synced", None)
         while not self.done and not getattr(hal, "stop_requested", False):
+            if feed is not None:
+                feed()        # board: watchdog, Wi-Fi state, a due NTP sync
+                if synced is not None and synced():
+                    self._clock_time()
             delay = self.step(hal.ticks_ms())
             if self.done:
                 break
@@ -254,30 +341,32 @@ class Node:
 
     # --- ANNOUNCE ----------------------------------------------------------------------
     def _announce(self, msg, addr):
+        # msg: nodewire.announce_fields() (base, host, port, filters, max_rate, lease, wall_ms)
+        base, host, port, filters, max_rate, lease, wall_ms = msg
         up = self.uptime
         time_changed = False
-        if msg.wall_ms is not None:
-            tb = msg.wall_ms - up
+        if wall_ms is not None and not self._tb_clock:
+            tb = wall_ms - up
             if self.time_base is None or tb - self.time_base > 1000 or self.time_base - tb > 1000:
                 self.time_base = tb
                 time_changed = True
-        if not msg.port:
-            raise messages.ProtocolError("ANNOUNCE port 0")
-        if msg.host:
-            target = self.hal.resolve(msg.host, msg.port)
+        if not port:
+            raise nodewire.ProtocolError("ANNOUNCE port 0")
+        if host:
+            target = self.hal.resolve(host, port)
         else:
-            target = self.hal.addr_with_port(addr, msg.port)
+            target = self.hal.addr_with_port(addr, port)
         static = self.subs.find_addr(target)
         created = None
         if static is None or not static.static:
             # a static base at the same address already gets everything: it wins
             self._flush_batch()   # waiting readings predate a new subscription
-            sub, new = self.subs.announce(msg.base, target, msg.filters, msg.max_rate,
-                                          msg.lease, up, self.next_seq)
+            sub, new = self.subs.announce(base, target, filters, max_rate, lease, up,
+                                          self.next_seq)
             if new:
                 created = sub
                 self.hal.log("subscriber %s at %s: %r rate %d lease %d s" % (
-                    msg.base, self.hal.addr_str(target), msg.filters, msg.max_rate, msg.lease))
+                    base, self.hal.addr_str(target), filters, max_rate, lease))
         if time_changed:
             self._send_status_all()
         elif created is not None:
@@ -292,26 +381,43 @@ class Node:
             self.dropped += readings
 
     def counters(self):
-        return {
-            codes.CTR_PUBLISHED: self.published,
-            codes.CTR_DROPPED: self.dropped,
-            codes.CTR_RATE_SHED: self.rate_shed,
-            codes.CTR_RX_BAD: self.rx_bad,
-            codes.CTR_SEND_ERRORS: self.send_errors,
-            codes.CTR_FREE_MEM: self.hal.free_mem(),
-            codes.CTR_QUEUE: self._b_n,
-        }
+        # the STATUS counters as a dict (reports, tests; STATUS itself uses _ctr)
+        c = self._counters()
+        out = {}
+        for k in range(len(_STATUS_KEYS)):
+            out[_STATUS_KEYS[k]] = c[k]
+        return out
+
+    def _counters(self):
+        # fill _ctr in place, in the order of _STATUS_KEYS
+        c = self._ctr
+        c[0] = self.published
+        c[1] = self.dropped
+        c[2] = self._b_n
+        c[3] = self.hal.free_mem()
+        c[4] = self.rate_shed
+        c[5] = self.rx_bad
+        c[6] = self.send_errors
+        return c
 
     def status_for(self, sub):
+        # the STATUS for one subscriber as a message object (tests; needs protocol.messages)
+        from protocol import messages
         last = self.next_seq - 1 if self.next_seq else None
-        caps = self.caps | (codes.CAP_TIME if self.time_base is not None else 0)
+        caps = self.caps | (_CAP_TIME if self.time_base is not None else 0)
         return messages.Status(self.node_id, self.epoch, last, sub.status_skip(last), sub.since,
                                self.uptime, self.time_base, self.cfg.firmware, caps,
                                self.counters())
 
     def _send_status(self, sub):
+        # written by the StatusWriter: the same bytes as status_for(sub).encode()
         self.statuses += 1
-        self._send(sub, self.status_for(sub).encode(), 0)
+        last = self.next_seq - 1 if self.next_seq else None
+        caps = self.caps | (_CAP_TIME if self.time_base is not None else 0)
+        w = self.status_writer
+        w.status(self.epoch, last, sub.status_skip(last), sub.since, self.uptime,
+                 self.time_base, caps, self._counters())
+        self._send(sub, w.view(), 0)
 
     def _send_status_all(self):
         self._flush_batch()   # STATUS must not count waiting readings as missing
@@ -331,38 +437,26 @@ class Node:
             self._b_value[n] = value
             self._b_n = n + 1
             return
-        topic = self.sensors[i].topic
-        enc = self.enc
+        w = self.writer
         body = 0
         for sub in self.subs.entries:
-            if not sub.wants(topic):
+            if not sub.want[i]:
                 continue
             if not sub.allow(up):
                 self.rate_shed += 1
                 continue
             if not body:
                 try:
-                    enc.reset()
-                    enc.array(7)
-                    enc.raw(self._prefix)
-                    enc.uint(seq)
-                    enc.uint(up)
-                    enc.raw(self._topic_cbor[i])
-                    self._value(value)
-                except cbor.CBOREncodeError as e:
+                    body = w.body(seq, up, self._topic_cbor[i], value)
+                    if body > _MAX_BODY:
+                        raise cbor.CBOREncodeError("%d bytes: too big for a datagram" % body)
+                except Exception as e:   # CBOREncodeError; ValueError/IndexError: too big
                     self.dropped += 1
                     self.hal.log("seq %d not encodable: %s" % (seq, e))
                     return
-                body = enc.length
-            skip = seq - sub.last_sent - 1
-            enc.length = body
-            if skip:
-                enc.buffer[0] = _HDR_EVENT_SKIP
-                enc.uint(skip)
-            else:
-                enc.buffer[0] = _HDR_EVENT
+            w.set_skip(seq - sub.last_sent - 1)
             sub.last_sent = seq
-            self._send(sub, enc.view(), 1)
+            self._send(sub, w.view(), 1)
 
     def _value(self, value):
         t = type(value)
@@ -386,8 +480,7 @@ class Node:
                 seq = seq0 + j
                 if seq < sub.since:
                     continue
-                topic = self.sensors[self._b_sensor[j]].topic
-                if not sub.wants(topic):
+                if not sub.want[self._b_sensor[j]]:
                     continue
                 if not sub.allow(self._b_t[j]):
                     self.rate_shed += 1
@@ -415,7 +508,7 @@ class Node:
         try:
             enc.reset()
             enc.array(7 if skip else 6)
-            enc.uint(messages.head(codes.KIND_BATCH))
+            enc.uint(_HEAD_BATCH)
             enc.uint(self.node_id)
             enc.uint(self.epoch)
             enc.uint(seq0)
@@ -440,7 +533,13 @@ class Node:
                 sub.last_sent = seq0
             return
         sub.last_sent = seq0 + (k - j) - 1
-        self._send(sub, enc.view(), k - j)
+        n = enc.length
+        v = self._views.get(n)    # one memoryview per BATCH length: no slice per send
+        if v is None:
+            v = enc.view()
+            if len(self._views) < 24:
+                self._views[n] = v
+        self._send(sub, v, k - j)
 
     # --- reports ----------------------------------------------------------------------------
     def report(self):
@@ -454,13 +553,52 @@ class Node:
                 "since": dict((e.base, e.since) for e in self.subs.entries)}
 
 
-def make_hal(flash_dir=None, stdin_control=False):
-    # the HAL of this platform: unix port or CPython here; boards get theirs later
-    plat = sys.platform
-    if plat in ("linux", "darwin") or flash_dir is not None:
-        from firmware import hal_unix
-        return hal_unix.UnixHal("." if flash_dir is None else flash_dir, stdin_control=stdin_control)
-    raise RuntimeError("no HAL for platform %r yet" % plat)
+def make_hal(flash_dir=None, stdin_control=False, platform=None, **board):
+    # The HAL of this platform (sys.platform, or `platform`): "esp32" -> Esp32Hal,
+    # "rp2" -> PicoHal (flash at "/" unless flash_dir), anything else (linux, darwin,
+    # the simulator) -> the unix HAL. `board`: keyword arguments for a board HAL's
+    # constructor (tests pass a fake clock, sockets and poller). A board's bundle
+    # holds only its own HAL module, so each is imported only here.
+    plat = sys.platform if platform is None else platform
+    if plat == "esp32":
+        from firmware import hal_esp32
+        return hal_esp32.Esp32Hal("/" if flash_dir is None else flash_dir, **board)
+    if plat == "rp2":
+        from firmware import hal_pico
+        return hal_pico.PicoHal("/" if flash_dir is None else flash_dir, **board)
+    from firmware import hal_unix
+    return hal_unix.UnixHal("." if flash_dir is None else flash_dir, stdin_control=stdin_control)
+
+
+def _forget(name):
+    # drop an imported module (sys.modules and its package's attribute) so its code
+    # and data can be collected once nothing else refers to it
+    sys.modules.pop(name, None)
+    dot = name.rfind(".")
+    pkg = sys.modules.get(name[:dot]) if dot > 0 else None
+    if pkg is not None:
+        try:
+            delattr(pkg, name[dot + 1:])
+        except (AttributeError, TypeError):
+            pass
+
+
+def load_config(hal, name="node.json"):
+    # node.json from the HAL's flash -> firmware.config.Config (raises its ConfigError,
+    # a ValueError). The board's sensor kinds are registered first. On MicroPython
+    # firmware.config (~14 KB of code and strings, needed only here) is dropped from
+    # sys.modules afterwards: a Config holds nothing of the module, so it is freed
+    # (a serial-chain node imports it again with firmware/chain.py).
+    reg = getattr(hal, "register_kinds", None)
+    if reg is not None:   # board sensor kinds, before node.json is checked
+        reg()
+    from firmware import config
+    try:
+        return config.load(hal, name)
+    finally:
+        if sys.implementation.name == "micropython":
+            _forget("firmware.config")
+            _forget("protocol.codes")   # only config needed it
 
 
 def _sigterm_interrupts():
@@ -492,18 +630,38 @@ def main(flash_dir=None, hal=None, stdin_control=False):
     if hal is None:
         hal = make_hal(flash_dir, stdin_control)
     try:
-        cfg = config.load(hal)
-    except config.ConfigError as e:
+        cfg = load_config(hal)
+    except ValueError as e:   # config.ConfigError
         hal.log(str(e))
         return 1
+    begin = getattr(hal, "begin", None)
+    if begin is not None:   # board: watchdog, Wi-Fi (waits for the first join), NTP
+        begin(cfg)
     if cfg.transport == "serial":   # a serial-chain node (firmware/chain.py)
+        if cfg.sleep_ms:
+            hal.log("deep_sleep: not for serial-chain nodes; running on")
         from firmware import chain
         return chain.main(hal=hal, cfg=cfg)
     node = Node(cfg, hal)
+    sleep = getattr(hal, "deep_sleep", None) if cfg.sleep_ms else None
+    if cfg.sleep_ms and sleep is None:
+        hal.log("deep_sleep: this HAL cannot sleep; running on")
     try:
         try:
             node.boot()
-            node.run()
+            if sleep is None:
+                node.run()
+            else:
+                # duty cycle: awake_ms of work, then deep sleep; a board does not come
+                # back from sleep() but boots again and resumes (Node.boot)
+                while not node.done:
+                    node.run(cfg.awake_ms)
+                    if node.done or getattr(hal, "stop_requested", False):
+                        break
+                    node._flush_batch()   # waiting readings would not survive the sleep
+                    sleep(cfg.sleep_ms, node)
+                    hal.log("deep sleep returned: stopping")   # a HAL without the power-down
+                    break
         except KeyboardInterrupt:
             pass
         try:

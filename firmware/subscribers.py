@@ -23,6 +23,11 @@
 # worth, at least 2 so a source running exactly at the cap is not shed by
 # scheduling jitter). The bucket starts full.
 #
+# Topic matching: a node's sensors (so its topics) are fixed at boot. The table
+# knows them (Table(size, topics)) and every entry keeps `want`, one flag per topic
+# index, computed when its filters are set (creation, or an ANNOUNCE refreshing
+# them), so a publish tests want[i] instead of matching filters.
+#
 # Size: at most `size` entries (default 8); an ANNOUNCE from a new base when the
 # table is full is refused and counted (`refused`). Times are the node's uptime in
 # ms (monotonic, never wraps).
@@ -33,12 +38,15 @@ FOREVER = -1
 
 class Subscriber:
     __slots__ = ("base", "addr", "filters", "max_rate", "expires", "since",
-                 "last_sent", "tokens", "burst", "refilled", "static")
+                 "last_sent", "tokens", "burst", "refilled", "static", "want")
 
-    def __init__(self, base, addr, filters, max_rate, expires, since, now, static=False):
+    def __init__(self, base, addr, filters, max_rate, expires, since, now, static=False,
+                 topics=()):
         self.base = base
         self.addr = addr
         self.filters = filters
+        self.want = b""
+        self.set_filters(filters, topics)
         self.expires = expires     # uptime ms, or FOREVER
         self.since = since
         self.last_sent = since - 1
@@ -56,6 +64,15 @@ class Subscriber:
             self.burst = (b if b > 2 else 2) * 1000
             self.tokens = self.burst   # a new or changed cap starts full
             self.refilled = now
+
+    def set_filters(self, filters, topics):
+        # new filters; want[i]: does topics[i] match one of them
+        self.filters = filters
+        w = bytearray(len(topics))
+        for i in range(len(topics)):
+            if self.wants(topics[i]):
+                w[i] = 1
+        self.want = w
 
     def wants(self, topic):
         for pattern in self.filters:
@@ -93,8 +110,9 @@ class Subscriber:
 
 
 class Table:
-    def __init__(self, size=8):
+    def __init__(self, size=8, topics=()):
         self.size = size
+        self.topics = list(topics)   # the node's topics by sensor index (Subscriber.want)
         self.entries = []
         self.refused = 0
 
@@ -121,7 +139,7 @@ class Table:
         if len(self.entries) >= self.size:
             self.refused += 1
             return None
-        e = Subscriber(base, addr, ["#"], 0, FOREVER, 0, now, True)
+        e = Subscriber(base, addr, ["#"], 0, FOREVER, 0, now, True, self.topics)
         self.entries.append(e)
         return e
 
@@ -136,7 +154,7 @@ class Table:
         expires = now + lease_s * 1000
         if e is not None:
             e.addr = addr
-            e.filters = filters
+            e.set_filters(filters, self.topics)
             e.set_rate(max_rate, now)
             if not e.static:
                 e.expires = expires
@@ -144,7 +162,7 @@ class Table:
         if len(self.entries) >= self.size:
             self.refused += 1
             return None, False
-        e = Subscriber(base, addr, filters, max_rate, expires, next_seq, now)
+        e = Subscriber(base, addr, filters, max_rate, expires, next_seq, now, False, self.topics)
         self.entries.append(e)
         return e, True
 

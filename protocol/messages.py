@@ -17,55 +17,25 @@
 # single-precision boards lose nothing), and STATUS carries `time_base`, the Unix
 # time in milliseconds at uptime 0 once the node has learned it, so the base turns
 # any `t` of that boot epoch into wall-clock time.
-import struct
-
 from protocol import cbor
 from protocol import codes
-from protocol.topics import valid_topic, valid_filter
+from protocol.topics import valid_topic
+# the node's part of the wire format (EventWriter, StatusWriter, ANNOUNCE checks) lives
+# in protocol/nodewire.py so a node can import it alone; re-exported here
+from protocol.nodewire import (ProtocolError, head, _is_int, _uint, _opt_uint, _text,  # noqa: F401
+                               announce_fields, EventWriter, StatusWriter, _put_uint)
 
-_pack_into = struct.pack_into
 _MAX_U64 = 18446744073709551615
 _MAX_U32 = 4294967295
-MAX_TEXT = 64          # firmware version, base id
+MAX_TEXT = 64          # firmware version, base id (also in nodewire)
 MAX_BYTES_VALUE = 256  # a byte-string reading
 MAX_MAP_VALUE = 16     # entries in a map reading
 MAX_BATCH = 128        # readings in one BATCH
 MAX_FILTERS = 16       # topic filters in one ANNOUNCE
 
 
-class ProtocolError(ValueError):
-    """A message from a peer is not valid Starling (bad head, field type or range)."""
-
-
-def head(kind):
-    return (codes.VERSION - 1) * 32 + kind
-
-
 def _kind_name(kind):
     return KIND_NAMES.get(kind, "kind %d" % kind)
-
-
-def _is_int(v):
-    # bool is an int on CPython but not on MicroPython: exclude it on both
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _uint(v, what, limit=_MAX_U64):
-    if not _is_int(v) or v < 0 or v > limit:
-        raise ProtocolError("%s: expected an unsigned integer <= %d, got %r" % (what, limit, v))
-    return v
-
-
-def _opt_uint(v, what, limit=_MAX_U64):
-    if v is None:
-        return None
-    return _uint(v, what, limit)
-
-
-def _text(v, what, limit=MAX_TEXT):
-    if not isinstance(v, str) or len(v) > limit:
-        raise ProtocolError("%s: expected text of at most %d characters, got %r" % (what, limit, v))
-    return v
 
 
 def _topic(v, what):
@@ -329,22 +299,8 @@ class Announce(Message):
 
     @classmethod
     def _from(cls, f):
-        base = _text(f[0], "ANNOUNCE base")
-        if not base:
-            raise ProtocolError("ANNOUNCE base: empty base id")
-        filters = _array(f[3], "ANNOUNCE filters", MAX_FILTERS)
-        for pattern in filters:
-            if not valid_filter(pattern):
-                raise ProtocolError("ANNOUNCE filters: invalid filter %r" % (pattern,))
-        return cls(
-            base,
-            _text(f[1], "ANNOUNCE host"),
-            _uint(f[2], "ANNOUNCE port", 65535),
-            list(filters),
-            _uint(f[4], "ANNOUNCE max_rate", _MAX_U32),
-            _uint(f[5], "ANNOUNCE lease", 86400),
-            _opt_uint(f[6], "ANNOUNCE wall_ms"),
-        )
+        b, h, port, filters, rate, lease, wall = announce_fields(f)
+        return cls(b, h, port, filters, rate, lease, wall)
 
 
 class Ack(Message):
@@ -550,91 +506,6 @@ def decode(data):
 
 def encode(msg):
     return msg.encode()
-
-
-
-def _put_uint(buf, p, n):
-    # an unsigned CBOR head, inline for the hot path (no bounds checks: callers own a
-    # buffer sized for the largest event)
-    if n < 24:
-        buf[p] = n
-        return p + 1
-    if n < 256:
-        buf[p] = 24
-        buf[p + 1] = n
-        return p + 2
-    if n < 65536:
-        buf[p] = 25
-        buf[p + 1] = n >> 8
-        buf[p + 2] = n & 255
-        return p + 3
-    if n < 4294967296:
-        buf[p] = 26
-        _pack_into(">I", buf, p + 1, n)
-        return p + 5
-    buf[p] = 27
-    _pack_into(">Q", buf, p + 1, n)
-    return p + 9
-
-
-class EventWriter:
-    """Node hot path: EVENTs of one node and boot epoch, written into one preallocated
-    buffer. The array head, kind, node and epoch are written once; topics are encoded
-    once and cached (up to `max_topics`); a float value is classified without heap.
-    Measured heap per event on the MicroPython unix port: 0 bytes for int and float
-    readings of a cached topic (bench/codec.py)."""
-
-    def __init__(self, node, epoch, size=codes.MAX_DATAGRAM, max_topics=32):
-        self.buffer = bytearray(size)
-        self._mv = memoryview(self.buffer)
-        self.buffer[1] = codes.KIND_EVENT
-        self._start = _put_uint(self.buffer, _put_uint(self.buffer, 2, node), epoch)
-        self._topics = {}
-        self._max_topics = max_topics
-        self.length = 0
-
-    def _topic(self, topic):
-        if not valid_topic(topic):
-            raise ValueError("invalid topic %r" % (topic,))
-        tb = cbor.dumps(topic)
-        if len(self._topics) < self._max_topics:
-            self._topics[topic] = tb
-        return tb
-
-    def event(self, seq, t, topic, value, skip=0):
-        """Write one EVENT; return its length (the bytes are view())."""
-        buf = self.buffer
-        buf[0] = 0x88 if skip else 0x87
-        p = _put_uint(buf, _put_uint(buf, self._start, seq), t)
-        tb = self._topics.get(topic)
-        if tb is None:
-            tb = self._topic(topic)
-        e = p + len(tb)
-        self._mv[p:e] = tb
-        if type(value) is float:
-            # fast path: a normal value exact in half precision (most sensor readings:
-            # 21.5, 0.25, 1013.0), read off its double bits; everything else (single,
-            # double, subnormal, inf, NaN) goes to the codec's general writer
-            _pack_into(">d", buf, e + 1, value)
-            ex = (((buf[e + 1] & 0x7F) << 4) | (buf[e + 2] >> 4)) - 1008  # half's biased exponent
-            if 0 < ex < 31 and not ((buf[e + 3] & 3) | buf[e + 4] | buf[e + 5] | buf[e + 6]
-                                    | buf[e + 7] | buf[e + 8]):
-                h = (ex << 10) | ((buf[e + 2] & 15) << 6) | (buf[e + 3] >> 2)
-                buf[e] = 0xF9
-                buf[e + 1] = (buf[e + 1] & 0x80) | (h >> 8)
-                buf[e + 2] = h & 255
-                p = e + 3
-            else:
-                p = cbor.write_float(buf, e, value)
-        else:
-            p = cbor.dumps_into(buf, value, e)
-        if skip:
-            p = _put_uint(buf, p, skip)
-        self.length = p
-        return p
-
-    def view(self):
-        return self._mv[: self.length]
 
 
 def encode_event_into(enc, node, epoch, seq, t, topic, value, skip=0):

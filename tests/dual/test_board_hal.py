@@ -17,9 +17,9 @@ from board_fakes import rp2 as fake_rp2   # noqa: E402
 
 board_fakes.install("esp32")   # the HALs import machine at module level
 
-from protocol import cbor, codes, messages   # noqa: E402
+from protocol import messages   # noqa: E402
 from firmware import config, sensors   # noqa: E402
-from firmware import hal_board, hal_esp32, hal_pico   # noqa: E402
+from firmware import hal_board, hal_esp32, hal_pico, board_sleep, board_sensors   # noqa: E402
 from firmware.fake_i2c import FakeI2C, FakeSHT3x   # noqa: E402
 from firmware.node import Node   # noqa: E402
 from board_fakes.clock import FakeClock   # noqa: E402
@@ -189,7 +189,7 @@ def test_wifi_reconnects_with_backoff_while_sampling_continues():
 
 
 def cfg_wifi(cfg):
-    # node.json has no watchdog/country keys yet: the HAL reads what is there
+    # the Wi-Fi keys a node.json "wifi" object sets (firmware/config.py)
     cfg.wifi_ssid = "lab"
     cfg.wifi_password = "secret"
     return cfg
@@ -404,7 +404,7 @@ def test_board_kinds_join_the_config_and_the_synthetic_ones():
     hal, _ = _esp()
     got = hal.make_sensors(cfg.sensors, cfg.node)
     assert [s.kind for s in got] == ["mcu_temp", "adc", "counter"]
-    assert isinstance(got[0], hal_board.BoardSensor) and isinstance(got[2], sensors.Sensor)
+    assert isinstance(got[0], board_sensors.BoardSensor) and isinstance(got[2], sensors.Sensor)
     assert got[0].next_due == sensors.seed_for(3, 0) % 5000
     assert "mcu_temp" not in sensors.KINDS
 
@@ -413,33 +413,25 @@ def test_board_kinds_join_the_config_and_the_synthetic_ones():
 
 
 def test_resume_record_round_trip_and_rejects_damage():
-    r = hal_board.Resume(12, 345, 6789012345, 1767225600000, [(3, 4000), (70000, 123456789012)], True)
+    r = board_sleep.Resume(12, 345, 6789012345, 1767225600000, [(3, 4000), (70000, 123456789012)], True)
     raw = r.pack()
-    back = hal_board.Resume.unpack(raw)
+    back = board_sleep.Resume.unpack(raw)
     assert (back.epoch, back.next_seq, back.uptime, back.time_base, back.wall_ok) == (
         12, 345, 6789012345, 1767225600000, True)
     assert [tuple(x) for x in back.sensors] == [(3, 4000), (70000, 123456789012)]
-    assert hal_board.Resume.unpack(hal_board.Resume(1, 0, 0).pack()).time_base is None
+    assert board_sleep.Resume.unpack(board_sleep.Resume(1, 0, 0).pack()).time_base is None
     for bad in (b"", raw[:-1], raw[:20], b"\x00" * len(raw)):
-        assert hal_board.Resume.unpack(bad) is None
+        assert board_sleep.Resume.unpack(bad) is None
     flipped = bytearray(raw)
     flipped[9] ^= 1
-    assert hal_board.Resume.unpack(bytes(flipped)) is None
+    assert board_sleep.Resume.unpack(bytes(flipped)) is None
 
 
 def _boot_resumed(node, hal, r):
-    # What Node.boot() must do on a deep-sleep wake (for the colleague wiring it): no
-    # new epoch in flash; take epoch, seq, uptime, time base and sensor state from r;
-    # open the socket and re-add static bases without claiming a skip.
-    assert r.apply(node)
-    node._ticks = hal.ticks_ms()
-    node._prefix = (cbor.dumps(messages.head(codes.KIND_EVENT)) + cbor.dumps(node.node_id)
-                    + cbor.dumps(node.epoch))
-    node.tx = hal.udp_open(0, False, True)
-    for host, port in node.cfg.bases:
-        sub = node.subs.add_static("static:%s:%d" % (host, port), hal.resolve(host, port), 0)
-        sub.last_sent = node.next_seq - 1
-    node.booted = True
+    # a deep-sleep wake through Node.boot: no new epoch in flash; epoch, seq, uptime,
+    # time base and sensor state from r; static bases re-added without claiming a skip
+    node.boot(resume=r)
+    assert node.resumed and node.epoch == r.epoch and node.next_seq == r.next_seq
 
 
 def _sleep(hal, node, ms):
