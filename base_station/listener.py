@@ -4,15 +4,23 @@ Theory of operation
 -------------------
 `UdpListener` is an asyncio.DatagramProtocol whose `datagram_received` hands each
 datagram to a callback (BaseStation.ingest), which never raises (it counts and logs).
-On Linux it opens the socket itself: a 4 MB receive buffer (the kernel caps it at
-net.core.rmem_max unless we may force it), SO_RXQ_OVFL so datagrams carry the
+On Linux it opens the socket itself: a 4 MB receive buffer by default (`rcvbuf`; the
+kernel caps it at net.core.rmem_max unless we may force it, and reports twice the
+size asked for), SO_RXQ_OVFL so datagrams carry the
 socket's cumulative kernel drop count as ancillary data, and a reader callback that
 drains up to `burst` datagrams per wake-up with recvmsg (asyncio's own datagram
 transport reads one per wake-up and cannot return ancillary data). Elsewhere, or if
 the loop has no add_reader, it falls back to loop.create_datagram_endpoint. Kernel
 drops are the larger of the SO_RXQ_OVFL count and the `drops` column of
 /proc/net/udp{,6} for the socket's inode (current even when no datagram came after
-the burst); without either they stay 0.
+the burst; read once more by close(), so the count kept afterwards is final); without
+either they stay 0.
+
+The receive buffer is the only slack for scheduling stalls: at 1M readings/s in
+977-byte, 60-reading datagrams (~2.3 KB of buffer each) the default (8 MB granted)
+holds ~220 ms. High-rate stations should ask for more (RCVBUF_LARGE, 32 MB asked,
+64 MB granted: ~1.7 s there); when the kernel grants less than asked
+(net.core.rmem_max without CAP_NET_ADMIN), a warning says so.
 
 Datagrams are read into a 64 KiB buffer (a UDP payload is at most 65507 bytes over
 IPv4); the station rejects anything above its `max_datagram` (default
@@ -32,6 +40,7 @@ import logging
 import os
 import socket
 import struct
+import sys
 import time
 from typing import Any, Callable
 
@@ -43,7 +52,11 @@ from base_station import wire
 log = logging.getLogger("starling.base.listener")
 
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)   # Linux include/uapi/asm-generic/socket.h
+# Python's socket module does not export SO_RCVBUFFORCE (Linux: 33, as above); it
+# lets a process with CAP_NET_ADMIN go beyond net.core.rmem_max
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform.startswith("linux") else None)
 RCVBUF = 4 * 1024 * 1024
+RCVBUF_LARGE = 32 * 1024 * 1024   # for high-rate stations
 READ_SIZE = 65536
 BURST = 512          # datagrams read per wake-up before yielding to the loop
 
@@ -104,13 +117,17 @@ class UdpListener(asyncio.DatagramProtocol):
     Args:
         ingest: called with (bytes, (host, port)); must not raise.
         host, port: where to bind (port 0: any free port, see `address`).
-        rcvbuf: requested SO_RCVBUF in bytes.
-    Raises (from start):
-        OSError: the address cannot be bound.
+        rcvbuf: requested SO_RCVBUF in bytes (see RCVBUF_LARGE); `rcvbuf_actual` is
+            what the kernel granted.
+    Raises:
+        ValueError: rcvbuf is not a positive int (at construction).
+        OSError: the address cannot be bound (from start).
     """
 
     def __init__(self, ingest: Callable[[bytes, Any], None], host: str = "0.0.0.0",
                  port: int = codes.UDP_PORT, rcvbuf: int = RCVBUF, burst: int = BURST):
+        if type(rcvbuf) is not int or rcvbuf <= 0:
+            raise ValueError("rcvbuf must be a positive number of bytes, got %r" % (rcvbuf,))
         self.ingest = ingest
         self.host = host
         self.port = port
@@ -149,7 +166,7 @@ class UdpListener(asyncio.DatagramProtocol):
     def open_socket(self) -> socket.socket:
         sock = socket.socket(_family(self.host), socket.SOCK_DGRAM)
         try:
-            for opt in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+            for opt in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
                 if opt is None:
                     continue
                 try:
@@ -158,6 +175,10 @@ class UdpListener(asyncio.DatagramProtocol):
                 except OSError:
                     continue
             self.rcvbuf_actual = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            if self.rcvbuf_actual < self.rcvbuf:      # Linux reports twice what it grants
+                log.warning("receive buffer: asked for %d bytes, got %d (raise "
+                            "net.core.rmem_max, or run with CAP_NET_ADMIN)",
+                            self.rcvbuf, self.rcvbuf_actual)
             if hasattr(socket.socket, "recvmsg"):
                 try:
                     sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
@@ -195,14 +216,15 @@ class UdpListener(asyncio.DatagramProtocol):
             return
         anc_size = socket.CMSG_SPACE(4)
         ingest = self.ingest
+        recvmsg = sock.recvmsg
         n = 0
+        last_anc: list = []
         try:
             while n < self.burst:
-                data, anc, _flags, addr = sock.recvmsg(READ_SIZE, anc_size)
+                data, anc, _flags, addr = recvmsg(READ_SIZE, anc_size)
                 n += 1
-                for level, kind, cdata in anc:
-                    if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(cdata) >= 4:
-                        self._drops = struct.unpack("=I", cdata[:4])[0]
+                if anc:
+                    last_anc = anc      # the drop count is cumulative: the newest one will do
                 ingest(data, addr)
         except (BlockingIOError, InterruptedError):
             pass
@@ -211,6 +233,11 @@ class UdpListener(asyncio.DatagramProtocol):
             self.errors += 1
             log.debug("receive error on %s: %s", self.address, e)
         self.datagrams += n
+        for level, kind, cdata in last_anc:
+            if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(cdata) >= 4:
+                drops = struct.unpack("=I", cdata[:4])[0]
+                if drops > self._drops:
+                    self._drops = drops
 
     # asyncio.DatagramProtocol (fallback path)
     def datagram_received(self, data: bytes, addr: Any) -> None:
@@ -222,6 +249,8 @@ class UdpListener(asyncio.DatagramProtocol):
         log.debug("receive error: %s", exc)
 
     def close(self) -> None:
+        if self.sock is not None:
+            self.kernel_drops              # a last read of /proc/net/udp: the kept count is final
         if self._reader and self._loop is not None and self.sock is not None:
             try:
                 self._loop.remove_reader(self.sock.fileno())

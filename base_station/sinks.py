@@ -1,15 +1,18 @@
 """Where readings go: SQLite (default), JSON Lines, CSV, SenML (RFC 8428).
 
 Every sink gets readings in bulk as `Block`s (consecutive new readings of one node
-epoch, never a duplicate: the accounting dedups before delivery) and STATUS messages
-as they come. The station calls `tick()` about every 200 ms and `close()` on exit.
+epoch, never a duplicate: the accounting dedups before delivery), the reading of a
+single-EVENT datagram through `write_event` (by default a one-reading Block), and
+STATUS messages as they come. The station calls `tick()` about every 200 ms and `close()` on exit.
 
 SQLite (see docs/BASE_STATION.md for the schema) writes off the event loop: the loop
-only appends blocks to a pending list; a thread ships the list every `flush_rows`
-readings or `flush_interval` seconds, whichever comes first, and it is written in one
-transaction (multi-row INSERT OR IGNORE), either by that thread or by a writer
-process (process=True, what `starling listen` uses) so inserts do not compete with
-the receive loop for the GIL. WAL mode, synchronous=NORMAL (a power cut may lose the
+only appends to a pending list (a block as one marshalled bytes object, an event as
+one flat tuple of scalars: nothing the cyclic GC keeps scanning); a thread ships the
+list every `flush_rows` readings or `flush_interval` seconds, whichever comes first,
+and it is written in one transaction (multi-row INSERT OR IGNORE; rows with a plain
+value bind no NULL, see _SHAPE_*), either by that thread or by a writer process
+(process=True, what `starling listen` uses) so row building and inserts do not
+compete with the receive loop for the GIL. WAL mode, synchronous=NORMAL (a power cut may lose the
 last transactions, never corrupt the file). The pending list holds at most
 `max_pending` readings: if the disk cannot keep up, further blocks are dropped and
 counted (`dropped`), the receive loop never blocks.
@@ -25,7 +28,9 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import gc
 import logging
+import marshal
 import os
 import sqlite3
 import subprocess
@@ -77,10 +82,23 @@ CREATE INDEX IF NOT EXISTS statuses_node_arrival ON statuses (node, arrival);
 """
 
 TOPIC_INDEX = "CREATE INDEX IF NOT EXISTS readings_topic_time ON readings (topic, time)"
-_INSERT_READING = "INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _MULTI = 64          # rows per multi-row INSERT (9 * 64 = 576 parameters < 999, SQLite's old limit)
-_INSERT_MULTI = ("INSERT OR IGNORE INTO readings VALUES "
-                 + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * _MULTI))
+
+
+def _insert_sql(row: str, multi: int) -> str:
+    return "INSERT OR IGNORE INTO readings VALUES " + ",".join([row] * multi)
+
+
+# Three row shapes, so that the common rows bind no None: Python's sqlite3 binds int,
+# float and str directly but sends None (and bytes) through its adapter lookup, which
+# made a NULL `vtype` (and a NULL `time`) the largest part of the per-row cost.
+# (columns, the row template)
+_SHAPE_TIMED = (8, "(?, ?, ?, ?, ?, ?, ?, ?, NULL)")      # plain value, time known
+_SHAPE_UNTIMED = (7, "(?, ?, ?, ?, ?, NULL, ?, ?, NULL)")  # plain value, time unknown
+_SHAPE_GENERAL = (9, "(?, ?, ?, ?, ?, ?, ?, ?, ?)")        # anything (vtype set, clamped ...)
+_STATEMENTS = {shape: (shape[0], _insert_sql(shape[1], 1), _insert_sql(shape[1], _MULTI))
+               for shape in (_SHAPE_TIMED, _SHAPE_UNTIMED, _SHAPE_GENERAL)}
+_INSERT_READING = _STATEMENTS[_SHAPE_GENERAL][1]
 _INSERT_STATUS = "INSERT INTO statuses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
@@ -113,6 +131,12 @@ class Sink:
     def write_block(self, block: Block) -> None:
         raise NotImplementedError
 
+    def write_event(self, node: int, epoch: int, seq: int, t: int, topic: str, value: Any,
+                    time_base: int | None, arrival: float) -> None:
+        """One new reading of a single-event datagram (the station calls this instead
+        of write_block for EVENTs; override it to avoid the one-reading Block)."""
+        self.write_block(Block(node, epoch, seq, [t], [topic], [value], time_base, arrival))
+
     def write_records(self, records: Iterable[Reading]) -> None:
         """Per-reading path, used by `starling export`."""
         for r in records:
@@ -137,23 +161,94 @@ class Sink:
 
 # -- SQLite ----------------------------------------------------------------------------
 
-def _rows(item: tuple) -> list[tuple]:
-    """A shipped block (node, epoch, seq0, ts, topics, values, time_base, arrival) ->
-    readings rows."""
-    node, epoch, seq0, ts, topics, values, tb, arrival = item
-    n = len(ts)
-    times = [None] * n if tb is None else [(tb + t) / 1000.0 for t in ts]
-    kinds = set(map(type, values))
-    plain = kinds <= _NATIVE
-    if plain and int in kinds:
-        ints = [v for v in values if type(v) is int]
-        plain = min(ints) >= _I64_MIN and max(ints) <= _I64_MAX
-    if plain and seq0 + n - 1 <= _I64_MAX and ts[-1] <= _I64_MAX:
-        return list(zip(repeat(node, n), repeat(epoch, n), range(seq0, seq0 + n), topics, ts,
-                        times, repeat(arrival, n), values, repeat(None, n)))
+class _Rows:
+    """Readings rows of one transaction, sorted by shape (see _SHAPE_*). The two plain
+    shapes are kept as flat parameter lists (row after row, filled by slice
+    assignment), so no per-row tuple is built."""
+
+    __slots__ = ("timed", "untimed", "general")
+
+    def __init__(self) -> None:
+        self.timed: list = []            # _SHAPE_TIMED parameters, 8 per row
+        self.untimed: list = []          # _SHAPE_UNTIMED parameters, 7 per row
+        self.general: list[tuple] = []   # _SHAPE_GENERAL rows
+
+    def __len__(self) -> int:
+        return len(self.timed) // 8 + len(self.untimed) // 7 + len(self.general)
+
+    def add(self, item: Any) -> None:
+        """A pending item (see SQLiteSink: a marshalled block, a block tuple or an
+        event tuple) -> rows."""
+        if type(item) is bytes:
+            item = marshal.loads(item)
+        node, epoch, seq0, ts, topics, values, tb, arrival = item
+        if type(ts) is int:                          # a single event: ts is its t
+            t, v = ts, values
+            ty = type(v)
+            if (ty is float or ty is str or (ty is int and _I64_MIN <= v <= _I64_MAX)
+                    or ty is bytes) and seq0 <= _I64_MAX and t <= _I64_MAX:
+                if tb is None:
+                    self.untimed.extend((node, epoch, seq0, topics, t, arrival, v))
+                else:
+                    self.timed.extend((node, epoch, seq0, topics, t, (tb + t) / 1000.0, arrival, v))
+            else:
+                self.general.extend(_general_rows(node, epoch, seq0, (t,), (topics,), (v,), tb,
+                                                  arrival))
+            return
+        n = len(ts)
+        kinds = set(map(type, values))
+        plain = kinds <= _NATIVE
+        if plain and int in kinds:
+            ints = [v for v in values if type(v) is int]
+            plain = min(ints) >= _I64_MIN and max(ints) <= _I64_MAX
+        if not (plain and seq0 + n - 1 <= _I64_MAX and ts[-1] <= _I64_MAX):
+            self.general.extend(_general_rows(node, epoch, seq0, ts, topics, values, tb, arrival))
+            return
+        if tb is None:
+            flat, w = self.untimed, 7
+        else:
+            flat, w = self.timed, 8
+        k = len(flat)
+        flat += [arrival] * (w * n)                  # arrival fills what is not set below
+        flat[k::w] = [node] * n
+        flat[k + 1::w] = [epoch] * n
+        flat[k + 2::w] = range(seq0, seq0 + n)
+        flat[k + 3::w] = topics
+        flat[k + 4::w] = ts
+        if tb is None:
+            flat[k + 6::w] = values
+        else:
+            flat[k + 5::w] = [(tb + t) / 1000.0 for t in ts]
+            flat[k + 7::w] = values
+
+    def insert(self, db: sqlite3.Connection) -> None:
+        if self.timed:
+            _insert_flat(db, _STATEMENTS[_SHAPE_TIMED], self.timed)
+        if self.untimed:
+            _insert_flat(db, _STATEMENTS[_SHAPE_UNTIMED], self.untimed)
+        if self.general:
+            _insert(db, _STATEMENTS[_SHAPE_GENERAL], self.general)
+
+
+def _insert_flat(db: sqlite3.Connection, statement: tuple, flat: list) -> None:
+    """INSERT OR IGNORE rows given as one flat parameter list, _MULTI rows per statement."""
+    ncol, one, multi = statement
+    rows = len(flat) // ncol
+    full = (rows - rows % _MULTI) * ncol
+    if full:
+        it = iter(flat[:full] if full < len(flat) else flat)
+        db.executemany(multi, zip(*[it] * (ncol * _MULTI)))
+    if full < len(flat):
+        it = iter(flat[full:])
+        db.executemany(one, zip(*[it] * ncol))
+
+
+def _general_rows(node: int, epoch: int, seq0: int, ts: Any, topics: Any, values: Any,
+                  tb: int | None, arrival: float) -> list[tuple]:
+    """Rows of all 9 columns, values converted (bool, map, bigint) and u64 clamped."""
     out = []
     seq = seq0
-    for t, topic, v, when in zip(ts, topics, values, times):
+    for t, topic, v in zip(ts, topics, values):
         vt = None
         ty = type(v)
         if ty is bool:
@@ -162,7 +257,8 @@ def _rows(item: tuple) -> list[tuple]:
             v, vt = to_json(v), "map"
         elif ty is int and not _I64_MIN <= v <= _I64_MAX:
             v, vt = str(v), "bigint"
-        out.append((node, epoch, _clamp_i64(seq), topic, _clamp_i64(t), when, arrival, v, vt))
+        out.append((node, epoch, _clamp_i64(seq), topic, _clamp_i64(t),
+                    None if tb is None else (tb + t) / 1000.0, arrival, v, vt))
         seq += 1
     return out
 
@@ -173,15 +269,22 @@ def _clamp_i64(n: int) -> int:
     return n if n <= _I64_MAX else _I64_MAX
 
 
-def insert_rows(db: sqlite3.Connection, rows: list[tuple]) -> None:
-    """INSERT OR IGNORE readings rows, _MULTI per statement (about 20 % faster than one
-    row per statement: fewer statement steps and Python calls), the rest one by one."""
+def _insert(db: sqlite3.Connection, statement: tuple, rows: list[tuple]) -> None:
+    """INSERT OR IGNORE rows of one shape, _MULTI per statement (about 20 % faster than
+    one row per statement: fewer statement steps and Python calls), the rest one by
+    one."""
+    ncol, one, multi = statement
     full = len(rows) - len(rows) % _MULTI
     if full:
         params = chain.from_iterable(rows[:full] if full < len(rows) else rows)
-        db.executemany(_INSERT_MULTI, zip(*[params] * (9 * _MULTI)))
+        db.executemany(multi, zip(*[params] * (ncol * _MULTI)))
     if full < len(rows):
-        db.executemany(_INSERT_READING, rows[full:])
+        db.executemany(one, rows[full:])
+
+
+def insert_rows(db: sqlite3.Connection, rows: list[tuple]) -> None:
+    """INSERT OR IGNORE readings rows of all 9 columns (as _general_rows makes them)."""
+    _insert(db, _STATEMENTS[_SHAPE_GENERAL], rows)
 
 
 def decode_value(value: Any, vtype: str | None) -> Any:
@@ -224,13 +327,16 @@ def open_db(path: str, topic_index: bool | None = None) -> sqlite3.Connection:
     return db
 
 
-def _chunks(blocks: list[tuple], rows: int) -> Iterable[list[tuple]]:
-    """Split shipped blocks into lists of about `rows` readings (whole blocks)."""
-    chunk: list[tuple] = []
+def _chunks(items: list, counts: list[int], rows: int) -> Iterable[list]:
+    """Split pending items into lists of about `rows` readings (whole items)."""
+    if len(items) <= rows and sum(counts) <= rows:
+        yield items
+        return
+    chunk: list = []
     n = 0
-    for b in blocks:
-        chunk.append(b)
-        n += len(b[3])
+    for item, k in zip(items, counts):
+        chunk.append(item)
+        n += k
         if n >= rows:
             yield chunk
             chunk, n = [], 0
@@ -246,15 +352,18 @@ class _Writer:
         self.path = path
         self.db = open_db(path, topic_index)
 
-    def write(self, blocks: list[tuple], statuses: list[tuple]) -> tuple[int, int, str | None]:
+    def write(self, items: list, statuses: list[tuple]) -> tuple[int, int, str | None]:
         """One transaction. Returns (readings written, readings dropped, error or None)."""
-        rows: list[tuple] = []
-        for b in blocks:
-            rows.extend(_rows(b))
+        rows = _Rows()
+        try:
+            for item in items:
+                rows.add(item)
+        except Exception as e:   # cannot happen with what SQLiteSink queues; never fatal
+            return 0, len(rows), "cannot build rows: %r" % (e,)
         try:
             with self.db:
                 if rows:
-                    insert_rows(self.db, rows)
+                    rows.insert(self.db)
                 if statuses:
                     self.db.executemany(_INSERT_STATUS, statuses)
         except Exception as e:   # sqlite3.Error, or a value it cannot bind
@@ -266,9 +375,10 @@ class _Writer:
 
 
 def _writer_main(path: str) -> None:
-    """Entry point of the writer process (`python -c ...`, see SQLiteSink): pickled
-    (blocks, statuses) batches come in on stdin, (written, dropped, error) go out on
-    stdout; None or end of input stops it. Anything else printed goes to stderr."""
+    """Entry point of the writer process (`python -c ...`, see SQLiteSink): marshalled
+    (items, statuses) batches come in on stdin, (written, dropped, error) go out on
+    stdout; an empty message or end of input stops it. Anything else printed goes to
+    stderr."""
     from multiprocessing.connection import Connection
     out_fd = os.dup(1)
     os.dup2(2, 1)               # stray prints must not corrupt the reply stream
@@ -279,18 +389,23 @@ def _writer_main(path: str) -> None:
     except Exception as e:
         reply.send(("error", repr(e)))
         return
+    # the rows of a transaction are short-lived and acyclic (freed by reference
+    # counting): collect young objects rarely, never rescan what was there at start
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     reply.send(("ready", None))
     while True:
         try:
-            msg = data.recv()
+            raw = data.recv_bytes()
         except (EOFError, OSError):
             break
-        if msg is None:
+        if not raw:
             break
         try:
+            msg = marshal.loads(raw)
             reply.send(w.write(*msg))
         except Exception as e:   # keep serving: the sink counts the batch as dropped
-            reply.send((0, sum(len(b[3]) for b in msg[0]), "writer failed: %r" % (e,)))
+            reply.send((0, -1, "writer failed: %r" % (e,)))
     w.close()
     reply.send(("closed", None))
 
@@ -301,9 +416,10 @@ class SQLiteSink(Sink):
     The loop thread only appends blocks to a pending list. A shipper thread takes the
     list every `flush_rows` readings or `flush_interval` seconds and writes it in one
     transaction: itself (process=False), or through a pipe to a writer *process*
-    (process=True), so the inserts do not compete with the receive loop for the GIL;
-    the shipper then only pickles plain lists (C speed) and waits with the GIL
-    released. If the writer process dies, batches are counted dropped and logged.
+    (process=True), so building rows and inserting do not compete with the receive
+    loop for the GIL; the shipper then only marshals the pending list (mostly bytes
+    objects already) and waits with the GIL released. If the writer process dies,
+    batches are counted dropped and logged.
 
     Args:
         path: database file (created with the schema if missing).
@@ -341,7 +457,8 @@ class SQLiteSink(Sink):
             self._writer = _Writer(path, topic_index)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._blocks: list[tuple] = []
+        self._items: list = []          # pending blocks and events, see write_block
+        self._counts: list[int] = []    # readings per pending item
         self._statuses: list[tuple] = []
         self._pending = 0
         self._requested = 0        # flush generations asked for / done
@@ -378,14 +495,36 @@ class SQLiteSink(Sink):
             raise RuntimeError("sqlite writer process: %s" % detail)
 
     def write_block(self, block: Block) -> None:
+        # Pending data stays out of the cyclic GC: a block is queued as one marshalled
+        # bytes object (not GC-tracked; the writer unmarshals it), so collections do not
+        # rescan up to max_pending readings of lists again and again.
         n = len(block.ts)
+        item: Any = (block.node, block.epoch, block.seq0, block.ts, block.topics, block.values,
+                     block.time_base, block.arrival)
+        try:
+            item = marshal.dumps(item)
+        except ValueError:       # not a value a reading can hold; queued as is
+            pass
         with self._lock:
             if self._pending + n > self.max_pending:
                 self.dropped += n
                 return
-            self._blocks.append((block.node, block.epoch, block.seq0, block.ts, block.topics,
-                                 block.values, block.time_base, block.arrival))
+            self._items.append(item)
+            self._counts.append(n)
             self._pending += n
+            if self._pending >= self.flush_rows:
+                self._wake.notify()
+
+    def write_event(self, node: int, epoch: int, seq: int, t: int, topic: str, value: Any,
+                    time_base: int | None, arrival: float) -> None:
+        # one flat tuple of scalars: the GC untracks it at its first collection
+        with self._lock:
+            if self._pending >= self.max_pending:
+                self.dropped += 1
+                return
+            self._items.append((node, epoch, seq, t, topic, value, time_base, arrival))
+            self._counts.append(1)
+            self._pending += 1
             if self._pending >= self.flush_rows:
                 self._wake.notify()
 
@@ -424,7 +563,7 @@ class SQLiteSink(Sink):
             self._writer.close()
         if self._proc is not None:
             try:
-                self._data.send(None)
+                self._data.send_bytes(b"")
                 if self._reply.poll(30):
                     self._reply.recv()
             except (OSError, EOFError):
@@ -442,14 +581,15 @@ class SQLiteSink(Sink):
             with self._lock:
                 if not self._stop and self._pending < self.flush_rows and self._done == self._requested:
                     self._wake.wait(self.flush_interval)
-                blocks, self._blocks = self._blocks, []
+                items, self._items = self._items, []
+                counts, self._counts = self._counts, []
                 statuses, self._statuses = self._statuses, []
                 self._pending = 0
                 gen = self._requested
                 stop = self._stop
-            for chunk in _chunks(blocks, self.flush_rows):
+            for chunk in _chunks(items, counts, self.flush_rows):
                 # one transaction per chunk: bounds the time the GIL is held to build or
-                # pickle rows, so the receive loop is never stalled for long
+                # marshal rows, so the receive loop is never stalled for long
                 written, dropped, err = self._ship(chunk, statuses)
                 statuses = []
                 with self._lock:
@@ -468,16 +608,27 @@ class SQLiteSink(Sink):
             if stop:
                 return
 
-    def _ship(self, blocks: list[tuple], statuses: list[tuple]) -> tuple[int, int, str | None]:
+    def _ship(self, items: list, statuses: list[tuple]) -> tuple[int, int, str | None]:
         if self._writer is not None:
-            return self._writer.write(blocks, statuses)
-        n = sum(len(b[3]) for b in blocks)
+            return self._writer.write(items, statuses)
         try:
-            self._data.send((blocks, statuses))
+            self._data.send_bytes(marshal.dumps((items, statuses)))
             reply = self._reply.recv()
-        except (OSError, EOFError) as e:
-            return 0, n, "writer process gone: %s" % (e,)
+        except (OSError, EOFError, ValueError) as e:
+            return 0, _count(items), "writer process gone: %s" % (e,)
+        if reply[1] < 0:
+            return 0, _count(items), reply[2]
         return reply
+
+
+def _count(items: list) -> int:
+    """Readings in pending items."""
+    n = 0
+    for item in items:
+        if type(item) is bytes:
+            item = marshal.loads(item)
+        n += 1 if type(item[3]) is int else len(item[3])
+    return n
 
 
 # -- text sinks --------------------------------------------------------------------------

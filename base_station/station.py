@@ -16,6 +16,11 @@ through `handle(msg, source)`. Each message is
        its readings are new: only those are delivered, as `Block`s, to every sink and
        to the subscribers whose topic filter matches.
 
+Hot paths: without keys, a single-EVENT datagram is validated as its CBOR array
+(wire.event_fields), accounted and handed to sinks with `write_event` (no message
+object, no one-reading Block); a BATCH goes from wire.FastBatch's columns to one
+Block. Everything else takes the generic dispatch.
+
 Nothing in this path raises to the caller: a bug while handling one message is
 counted (`internal_errors`) and logged, and the next message is handled as usual.
 All of it runs on the event loop thread (call `ingest_threadsafe` from others).
@@ -43,7 +48,10 @@ from base_station.records import Block, Reading
 from base_station.sinks import Sink, _json_default
 
 log = logging.getLogger("starling.base")
-_decode = wire.decode
+_loads = wire.loads
+_decode_fields = wire.decode_fields
+_event_fields = wire.event_fields
+_HEAD_EVENT = wire.HEAD_EVENT
 _FastBatch = wire.FastBatch
 
 TICK = 0.2            # seconds between sink ticks (flushes)
@@ -217,6 +225,9 @@ class BaseStation:
             nodes are accepted.
         sinks: Sink objects (the station closes them on stop()).
         max_datagram: bigger datagrams are rejected (malformed, reason "oversize").
+        rcvbuf: receive buffer asked for per UDP socket, bytes (default 4 MB; the kernel
+            reports twice what it grants, capped by net.core.rmem_max unless the process
+            may force it). High-rate stations: listener.RCVBUF_LARGE (32 MB) or more.
     """
 
     def __init__(self, *, udp: Iterable[tuple[str, int]] = (("0.0.0.0", codes.UDP_PORT),),
@@ -248,6 +259,8 @@ class BaseStation:
         self.max_datagram = max_datagram
         self.max_holes = max_holes
         self.keep_epochs = keep_epochs
+        if type(rcvbuf) is not int or rcvbuf <= 0:
+            raise ValueError("rcvbuf must be a positive number of bytes, got %r" % (rcvbuf,))
         self.rcvbuf = rcvbuf
         self.clock = clock
         self.nodes: dict[int, NodeAccount] = {}
@@ -427,16 +440,29 @@ class BaseStation:
         if len(data) > self.max_datagram:
             self._malformed("oversize", source, "%d bytes > %d" % (len(data), self.max_datagram))
             return
+        ev = None
         try:
-            msg = _decode(data)
+            values = _loads(data)
+            if self.keys is None and type(values) is list and values:
+                h = values[0]
+                if type(h) is int and h == _HEAD_EVENT:
+                    # single-event datagrams: validated fields, no message object
+                    ev = _event_fields(values)
+            if ev is None:
+                msg = _decode_fields(values)
         except wire.DecodeError as e:
             self._malformed(e.reason, source, str(e))
             return
         try:
             if arrival is None:
                 arrival = self.clock()
-            if type(msg) is _FastBatch and self.keys is None:
-                # the hot path, without the generic dispatch
+            if ev is not None:
+                c["messages"] += 1
+                if ev[7]:
+                    c["extra_fields"] += 1
+                self._reading(ev[0], ev[1], ev[2], ev[3], ev[4], ev[5], ev[6], source, arrival)
+            elif type(msg) is _FastBatch and self.keys is None:
+                # the batched hot path, without the generic dispatch
                 c["messages"] += 1
                 if msg.extra:
                     c["extra_fields"] += 1
@@ -564,22 +590,54 @@ class BaseStation:
         return acct
 
     def _event(self, ev: Event, source: Any, arrival: float) -> None:
-        acct = self._account(ev.node, source, arrival)
+        self._reading(ev.node, ev.epoch, ev.seq, ev.t, ev.topic, ev.value, ev.skip, source,
+                      arrival)
+
+    def _reading(self, node: int, epoch: int, seq: int, t: int, topic: str, value: Any,
+                 skip: int, source: Any, arrival: float) -> None:
+        """One EVENT's reading: account it and, if new, deliver it without building a
+        Block (sinks get write_event, subscribers one Reading)."""
+        acct = self.nodes.get(node)
+        if acct is None:
+            acct = self._account(node, source, arrival)
+        else:
+            acct.last_seen = arrival
+            acct.source = source
         s = acct.current
-        if s is None or s.epoch != ev.epoch:
-            s = acct.stream(ev.epoch)
+        if s is None or s.epoch != epoch:
+            s = acct.stream(epoch)
             if s is None:
                 return
-        if s.add(ev.seq, 1, ev.skip) is ALL:
-            topic = ev.topic
-            if s.next == ev.seq + 1:
-                last = acct.last
-                if topic not in last and len(last) >= LAST_TOPICS:
-                    last.pop(next(iter(last)))
-                last[topic] = ev.value
-            acct.count_rate(1, arrival)
-            self._deliver(Block(ev.node, ev.epoch, ev.seq, [ev.t], [topic], [ev.value],
-                                s.time_base, arrival))
+        if seq == s.next and not skip and s.start is not None:
+            s.next = seq + 1                         # EpochStream.add's in-order path, inlined
+            s.received += 1
+        elif s.add(seq, 1, skip) is not ALL:
+            return                                   # a duplicate, or too late
+        if s.next == seq + 1:
+            last = acct.last
+            if topic not in last and len(last) >= LAST_TOPICS:
+                last.pop(next(iter(last)))
+            last[topic] = value
+        acct.count_rate(1, arrival)
+        self.counters["readings"] += 1
+        tb = s.time_base
+        for sink in self.sinks:
+            try:
+                sink.write_event(node, epoch, seq, t, topic, value, tb, arrival)
+            except Exception as e:
+                self.counters["sink_errors"] += 1
+                self._log(logging.ERROR, ("sink", sink.name), "sink %s: %s", sink.name, e)
+        if self._subs:
+            r = Reading(node, epoch, seq, topic, value, t,
+                        None if tb is None else (tb + t) / 1000.0, arrival)
+            for sub in self._subs:
+                if sub.matches(topic):
+                    try:
+                        sub.push(r)
+                    except Exception as e:
+                        self.counters["callback_errors"] += 1
+                        self._log(logging.ERROR, ("callback", id(sub)),
+                                  "reading callback failed: %r", e)
 
     def _batch(self, b: Batch, source: Any, arrival: float) -> None:
         acct = self.nodes.get(b.node)
@@ -700,6 +758,7 @@ class BaseStation:
         out["sinks"] = {s.name: s.stats() for s in self.sinks}
         out["uptime"] = round(self.clock() - self.started, 3)
         out["listening"] = ["%s:%d" % a for a in self.addresses]
+        out["rcvbuf"] = {"%s:%d" % lst.address: lst.rcvbuf_actual for lst in self.listeners}
         if self.heads:
             out["serial"] = {h.name: h.stats() for h in self.heads}
         return out

@@ -10,7 +10,9 @@ through `fast_event` / `fast_batch`, which check the same rules with bulk operat
 (type sets, min/max, a cache of topics already found valid) and build the message
 without a per-reading Python call. A shortcut never decides that something is invalid:
 when anything looks unusual (maps, big integers, a topic not seen before, a bad field)
-it returns None and from_fields decides and words the error. tests/test_base_wire.py
+it returns None and from_fields decides and words the error. `event_fields` is the
+EVENT shortcut without a message object (the base station's path for single-event
+datagrams; fast_event wraps it). tests/test_base_wire.py
 checks with random field lists that the shortcuts accept exactly what from_fields
 accepts, with equal results.
 
@@ -40,8 +42,8 @@ _U64 = 18446744073709551615
 _I_MIN = -_U64 - 1
 _MAX_STR = 256          # protocol.messages.MAX_BYTES_VALUE
 _MAX_FLAT = 3 * 128     # protocol.messages.MAX_BATCH triples
-_HEAD_EVENT = head(codes.KIND_EVENT)
-_HEAD_BATCH = head(codes.KIND_BATCH)
+HEAD_EVENT = _HEAD_EVENT = head(codes.KIND_EVENT)
+HEAD_BATCH = _HEAD_BATCH = head(codes.KIND_BATCH)
 _TOPIC_CACHE_MAX = 4096
 
 _valid_topics: set[str] = set()   # topics already found valid (bounded, cleared when full)
@@ -157,16 +159,26 @@ def _values_ok(values: list) -> bool:
     return True
 
 
-def fast_event(values: list) -> Event | None:
-    """EVENT shortcut: an Event when `values` is plainly valid, else None."""
+def event_fields(values: list) -> tuple | None:
+    """EVENT shortcut without a message object: (node, epoch, seq, t, topic, value,
+    skip, extra) when `values` (a decoded EVENT array, head included) is plainly
+    valid, else None (then from_fields decides). The base station's hot path for
+    single-event datagrams."""
     n = len(values)
-    if n < 7:
+    if n == 7:
+        _, node, epoch, seq, t, topic, value = values
+        skip = 0
+    elif n > 7:
+        node, epoch, seq, t, topic, value, skip = values[1:8]
+        if type(skip) is not int or not 0 <= skip <= _U64:
+            return None
+    else:
         return None
-    node, epoch, seq, t, topic, value = values[1:7]
-    if not (type(node) is int and 0 <= node <= _U32 and type(epoch) is int and 0 <= epoch <= _U32
-            and type(seq) is int and 0 <= seq <= _U64 and type(t) is int and 0 <= t <= _U64):
+    if not (type(node) is int and type(epoch) is int and type(seq) is int and type(t) is int
+            and 0 <= node <= _U32 and 0 <= epoch <= _U32 and 0 <= seq <= _U64 and 0 <= t <= _U64
+            and type(topic) is str):
         return None
-    if type(topic) is not str or (topic not in _valid_topics and not _topics_ok((topic,))):
+    if topic not in _valid_topics and not _topics_ok((topic,)):
         return None
     ty = type(value)
     if ty is float or ty is bool:
@@ -179,14 +191,16 @@ def fast_event(values: list) -> Event | None:
             return None
     else:
         return None
-    skip = 0
-    if n > 7:
-        skip = values[7]
-        if type(skip) is not int or not 0 <= skip <= _U64:
-            return None
-    ev = Event(node, epoch, seq, t, topic, value, skip)
-    if n > 8:
-        ev.extra = n - 8
+    return node, epoch, seq, t, topic, value, skip, (n - 8 if n > 8 else 0)
+
+
+def fast_event(values: list) -> Event | None:
+    """EVENT shortcut: an Event when `values` is plainly valid, else None."""
+    f = event_fields(values)
+    if f is None:
+        return None
+    ev = Event(f[0], f[1], f[2], f[3], f[4], f[5], f[6])
+    ev.extra = f[7]
     return ev
 
 

@@ -6,7 +6,8 @@ What runs, side by side in one run, each receiver in its own process, fed by a
 separate sender process on 127.0.0.1 (nothing leaves the loopback interface):
 
 * ``starling``: BaseStation (base_station/station.py) decoding (base_station/wire.py),
-  accounting per node and epoch; no sink. Its own recvmsg reader, 8 MB buffer.
+  accounting per node and epoch; no sink. Its own recvmsg reader, 4 MB buffer asked for
+  (the kernel doubles it to 8 MB; --rcvbuf changes it for every UDP receiver).
 * ``starling+sqlite``: the same with SQLiteSink(process=True), what `starling listen`
   runs: every reading written to a SQLite file (WAL) by a writer process.
 * ``json``: a plain asyncio DatagramProtocol doing json.loads and counting readings;
@@ -46,8 +47,12 @@ between bursts of at most 64 datagrams:
 4. for Starling, a STATUS per node at the end, after which the station's own
    accounting ("lost") must equal what the steps lost, overload included.
 
-Also: the SQLite sink alone (rows/s through write_block + flush, no network) and
-the in-process ingest ceiling (base_station.bench.in_process: no sockets).
+Also: the SQLite sink alone (rows/s through write_block + flush, no network), the
+in-process ingest ceiling (base_station.bench.in_process: no sockets; events,
+batch20, batch60) and in-process ingest with the SQLite sink's writer process
+(base_station.bench.in_process_detail: the ingest loop's rate and CPU per reading,
+the end-to-end rate including the final flush, and the cyclic GC's collections and
+longest pause during the loop).
 
 Targets: Starling's max zero-loss rate >= the best rate the zenoh subscriber
 delivered (its zero-loss rate or its full-speed delivered rate, whichever is
@@ -83,7 +88,8 @@ sys.path.insert(0, str(ROOT))
 
 import cbor2  # noqa: E402
 
-from base_station.bench import datagrams, in_process  # noqa: E402
+from base_station.bench import datagrams, in_process, in_process_detail  # noqa: E402
+from base_station.listener import RCVBUF  # noqa: E402
 from base_station.testing import TestNode  # noqa: E402
 
 PAYLOADS = {"event": 1, "batch20": 20, "batch60": 60}
@@ -319,12 +325,12 @@ async def _serve_commands(stats, flush=None) -> None:
         sys.stdout.flush()
 
 
-async def starling_receiver(sqlite: bool) -> None:
+async def starling_receiver(sqlite: bool, rcvbuf: int) -> None:
     from base_station.sinks import SQLiteSink
     from base_station.station import BaseStation
     tmp = tempfile.mkdtemp(prefix="starling-bench-")
     sinks = [SQLiteSink(os.path.join(tmp, "bench.db"), process=True)] if sqlite else []
-    st = BaseStation(udp=[("127.0.0.1", 0)], announce=False, sinks=sinks)
+    st = BaseStation(udp=[("127.0.0.1", 0)], announce=False, sinks=sinks, rcvbuf=rcvbuf)
     await st.start()
     writer = sinks[0]._proc.pid if sinks else None
 
@@ -364,9 +370,9 @@ class _JsonProtocol(asyncio.DatagramProtocol):
         self.readings += len(obj) if type(obj) is list else 1
 
 
-async def json_receiver() -> None:
+async def json_receiver(rcvbuf: int) -> None:
     from base_station.listener import UdpListener, proc_udp_drops
-    lst = UdpListener(lambda d, a: None, "127.0.0.1", 0)   # the same socket options
+    lst = UdpListener(lambda d, a: None, "127.0.0.1", 0, rcvbuf=rcvbuf)   # the same socket options
     sock = lst.open_socket()
     proto = _JsonProtocol()
     transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(lambda: proto, sock=sock)
@@ -600,7 +606,7 @@ def bench_system(system: str, payloads: list[str], args: argparse.Namespace,
         port = _free_tcp_port()
         recv = Child("--role", "recv-" + system, "--port", str(port))
     else:
-        recv = Child("--role", "recv-" + system)
+        recv = Child("--role", "recv-" + system, "--rcvbuf", str(args.rcvbuf))
         port = recv.hello["port"]
     try:
         for payload in payloads:
@@ -715,6 +721,7 @@ def fmt_rate(x: float | None) -> str:
 def print_table(results: dict) -> None:
     print("Ingest over UDP on loopback (readings/s; %s; step %.2f s)" % (
         "quick" if results["quick"] else "full", results["step_s"]))
+    print("UDP receive buffer asked for: %d bytes" % results["rcvbuf"])
     print("payload bytes: " + ", ".join("%s CBOR %d / JSON %d" % (p, s["cbor"], s["json"])
                                        for p, s in results["payload_bytes"].items()))
     print()
@@ -762,6 +769,11 @@ def print_table(results: dict) -> None:
     ip = results["in_process"]
     print("in-process ingest (no sockets, base_station.bench): " + ", ".join(
         "%s %s/s" % (k, fmt_rate(v)) for k, v in ip.items()))
+    for k, r in results.get("in_process_sqlite", {}).items():
+        print("in-process ingest + SQLite writer process, %s: ingest loop %s/s (%.2f µs CPU per"
+              " reading), end to end %s/s; GC collections %s, longest pause %.1f ms" % (
+                  k, fmt_rate(r["ingest"]), r["cpu_us"], fmt_rate(r["end_to_end"]),
+                  "/".join(map(str, r["gc_collections"])), r["gc_max_pause_ms"]))
     if results.get("zenoh_note"):
         print(results["zenoh_note"])
     print()
@@ -781,6 +793,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--quick", action="store_true", help="no ladder, short steps (< 30 s)")
     ap.add_argument("--step", type=float, help="seconds per step (default 1.0, quick 0.25)")
+    ap.add_argument("--rcvbuf", type=int, default=RCVBUF,
+                    help="receive buffer asked for by the UDP receivers, bytes (default %(default)s;"
+                         " the kernel reports twice that)")
     ap.add_argument("--budget", type=float, default=150.0,
                     help="seconds for the ladders in all (default 150); bisection stops when spent")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS))
@@ -795,10 +810,10 @@ def main(argv: list[str] | None = None) -> int:
         sender_main(args.system, args.payload, args.port)
         return 0
     if args.role in ("recv-starling", "recv-starling+sqlite"):
-        asyncio.run(starling_receiver(args.role.endswith("sqlite")))
+        asyncio.run(starling_receiver(args.role.endswith("sqlite"), args.rcvbuf))
         return 0
     if args.role == "recv-json":
-        asyncio.run(json_receiver())
+        asyncio.run(json_receiver(args.rcvbuf))
         return 0
     if args.role in ("recv-zenoh", "recv-zenoh+ingest"):
         zenoh_receiver(args.port, PAYLOADS, args.role.endswith("ingest"))
@@ -810,6 +825,7 @@ def main(argv: list[str] | None = None) -> int:
     systems = [s for s in args.systems.split(",") if s]
     payloads = [p for p in args.payloads.split(",") if p]
     results: dict[str, Any] = {"quick": args.quick, "step_s": args.step, "payload_bytes": payload_sizes(),
+                               "rcvbuf": args.rcvbuf,
                                "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                                            "loadavg_start": os.getloadavg()[0]},
                                "systems": {}}
@@ -834,7 +850,12 @@ def main(argv: list[str] | None = None) -> int:
     results["sqlite_sink_alone"] = {"process": sqlite_sink_alone(rows, True),
                                     "thread": sqlite_sink_alone(rows, False)}
     count = 2000 if args.quick else 10000
-    results["in_process"] = {"batch20": in_process(20, count, None), "batch60": in_process(60, count, None)}
+    results["in_process"] = {"event": in_process(1, count * 10, None),
+                             "batch20": in_process(20, count, None), "batch60": in_process(60, count, None)}
+    with tempfile.TemporaryDirectory() as d:
+        results["in_process_sqlite"] = {
+            "event": in_process_detail(1, count * 10, os.path.join(d, "e.db"), True),
+            "batch20": in_process_detail(20, count * 5, os.path.join(d, "b.db"), True)}
     results["targets"] = targets(results)
     results["elapsed_s"] = round(time.monotonic() - t_start, 1)
     results["machine"]["loadavg_end"] = os.getloadavg()[0]
