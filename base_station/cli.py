@@ -57,6 +57,16 @@ def _hostport(default_host: str, default_port: int) -> Callable[[str], tuple[str
     return parse
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise argparse.ArgumentTypeError("expected a positive integer, got %r" % text)
+    return n
+
+
 def _serial_port(text: str) -> tuple[str, int]:
     from base_station.serial_head import parse_port
     try:
@@ -89,9 +99,13 @@ def add_station_arguments(p: argparse.ArgumentParser, udp_default: str = "0.0.0.
     g.add_argument("--max-rate", type=int, default=0, metavar="N",
                    help="events/s per node (0: no cap); nodes count the rest as skipped")
     g.add_argument("--lease", type=int, default=60, metavar="S",
-                   help="subscription lease in seconds (re-announced every lease/3)")
+                   help="subscription lease in seconds (re-announced every lease/3, at most 5 s apart)")
     g.add_argument("--max-datagram", type=int, default=codes.MAX_DATAGRAM, metavar="BYTES",
                    help="reject bigger datagrams as oversize (default %(default)s)")
+    g.add_argument("--rcvbuf", type=_positive_int, default=4 * 1024 * 1024, metavar="BYTES",
+                   help="UDP receive buffer to ask for (default %(default)s; the kernel grants "
+                        "twice that, capped by net.core.rmem_max without CAP_NET_ADMIN); "
+                        "high-rate stations: 33554432")
     g.add_argument("--keys", metavar="FILE",
                    help='JSON {"<node id>": "<hex key>"}: accept only messages signed by these nodes')
     o = p.add_argument_group("output")
@@ -135,7 +149,7 @@ def build_station(args: argparse.Namespace, **overrides: Any):
         announce=not args.no_announce and not serial_only, base_id=args.base_id,
         advertise=(adv[0], adv[1] or None), filters=args.filter or ["#"],
         max_rate=args.max_rate, lease=args.lease, keys=keys, sinks=sinks,
-        max_datagram=args.max_datagram)
+        max_datagram=args.max_datagram, rcvbuf=args.rcvbuf)
     kw.update(overrides)
     station = BaseStation(**kw)
     if serial_ports:

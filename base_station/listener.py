@@ -27,7 +27,7 @@ IPv4); the station rejects anything above its `max_datagram` (default
 protocol.codes.MAX_DATAGRAM, 1400) as oversize, so a truncated read cannot be
 mistaken for a message.
 
-`Announcer` sends ANNOUNCE to every discovery address every lease/3 seconds (first
+`Announcer` sends ANNOUNCE to every discovery address every lease/3 s, at most 5 s apart (first
 one at once) from a socket with SO_BROADCAST, and a lease-0 goodbye on stop so nodes
 drop our subscription at once (a restarted base then gets a fresh `since`).
 Send errors (no route, network down) are counted and logged, never fatal.
@@ -273,7 +273,7 @@ class Announcer:
             which is always set).
         make: returns the Announce to send (called at every send, so wall_ms and
             the advertised port are current).
-        interval: seconds between sends (lease / 3).
+        interval: seconds between sends (lease / 3, at most 5).
     """
 
     def __init__(self, targets: list[tuple[str, int]], make: Callable[[int | None], Announce],

@@ -59,6 +59,10 @@ LOG_SOURCES = 1024    # sources remembered by the rate-limited log
 DEFAULT_LEASE = 60
 
 
+# A node that boots waits for the next ANNOUNCE to learn of us: however long the lease,
+# announce at least this often (seconds). An ANNOUNCE is a few dozen bytes.
+ANNOUNCE_EVERY_MAX = 5.0
+
 class RateLimitedLog:
     """At most one log line per `interval` seconds per (source, what); the next line
     says how many were suppressed. Remembers at most LOG_SOURCES keys."""
@@ -220,7 +224,8 @@ class BaseStation:
         filters: topic filters we subscribe to.
         max_rate: events/s per node we accept (0: no cap); nodes shed the rest (counted
             as skipped, not lost).
-        lease: seconds a node keeps our subscription; we re-announce every lease/3.
+        lease: seconds a node keeps our subscription; we re-announce every lease/3, at
+            most ANNOUNCE_EVERY_MAX apart (a node that boots is subscribed within that).
         keys: {node id: protocol.auth.Key}; when given, only SIGNED messages from those
             nodes are accepted.
         sinks: Sink objects (the station closes them on stop()).
@@ -254,6 +259,7 @@ class BaseStation:
             raise ValueError("lease is 1..86400 s, got %r" % (lease,))
         self.max_rate = max_rate
         self.lease = lease
+        self.announce_every = min(self.lease / 3, ANNOUNCE_EVERY_MAX)
         self.keys = keys
         self.sinks: list[Sink] = list(sinks)
         self.max_datagram = max_datagram
@@ -302,7 +308,7 @@ class BaseStation:
         for head in self.heads:
             head.start()
         if self.announce_enabled:
-            self.announcer = Announcer(self.discovery, self.make_announce, self.lease / 3)
+            self.announcer = Announcer(self.discovery, self.make_announce, self.announce_every)
             self.announcer.start()
         self._tick_task = self._loop.create_task(self._ticker(), name="starling-tick")
 

@@ -237,6 +237,25 @@ def test_announcer_sends_announce_that_decodes():
     assert goodbye.lease == 0 and goodbye.base == "lab-base"
 
 
+def test_announce_period_is_lease_over_3_but_never_above_5_s():
+    """A node that boots hears of a base within 5 s, whatever the lease."""
+    from base_station.station import ANNOUNCE_EVERY_MAX
+
+    async def main(lease):
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind(("127.0.0.1", 0))
+        st = station(announce=True, discovery=[rx.getsockname()], lease=lease)
+        await st.start()
+        interval = st.announcer.interval
+        await st.stop()
+        rx.close()
+        return interval
+
+    assert ANNOUNCE_EVERY_MAX == 5.0
+    assert run(main(60)) == 5.0
+    assert run(main(6)) == 2.0
+
+
 def test_subscribe_iterator_and_callback_with_filters():
     async def main():
         st = station()
