@@ -10,6 +10,18 @@ A bundle is the board's filesystem, ready for `starling flash`::
     DIR/protocol/*.mpy            protocol/ compiled with mpy-cross (bytecode only)
     DIR/firmware/*.mpy            firmware/ compiled, with only this board's HAL
     DIR/MANIFEST.json             file -> sha256 and size, board, versions (not flashed)
+    DIR/romfs.img                 with --romfs: the protocol/ and firmware/ .mpy files as
+                                  one MicroPython ROMFS image (MANIFEST.json "romfs")
+
+With --romfs the bundle also holds romfs.img, the same .mpy modules in MicroPython's
+ROMFS format (base_station/romfs.py). On firmware with a ROMFS partition (MicroPython
+>= 1.25 built with one; docs/BOARDS.md says which) `starling flash --romfs` writes it
+to that partition and only boot.py, main.py and node.json to the filesystem: the
+board mounts it at /rom, and the modules run from flash in place instead of being
+copied into RAM at import (docs/PERFORMANCE.md, "RAM held after boot"). node.json
+stays a file because it is per node and changes. `--romfs-size` checks the image
+against a partition size at build time; `starling flash --romfs` checks it against
+the board's actual partition.
 
 Why .mpy: no compilation on the board (saves RAM and boot time) and smaller files.
 Bytecode-only .mpy (no `-march`) has the header b"M\\x06\\x00\\x1f" and loads on any
@@ -483,6 +495,7 @@ class BuildReport:
     mpy_version: str
     starling_version: str
     warnings: list[str] = field(default_factory=list)
+    romfs: dict[str, Any] | None = None     # MANIFEST.json's "romfs" entry (--romfs)
 
     @property
     def total_size(self) -> int:
@@ -510,9 +523,47 @@ def _prepare_out(out_dir: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=".%s-" % out_dir.name, dir=out_dir.parent))
 
 
+ROMFS_IMAGE = "romfs.img"
+
+
+def _romfs_image(tmp: Path, modules: list[Path], limit: int | None) -> dict[str, Any]:
+    """Write tmp/romfs.img from the compiled modules; its MANIFEST.json entry.
+
+    BuildError for a name ROMFS cannot hold, native code (which would be copied into
+    RAM even from ROMFS), an image that does not read back as written, or one larger
+    than `limit` (the partition size given with --romfs-size)."""
+    from base_station.romfs import RomfsError, build_image, read_image
+    files: dict[str, bytes] = {}
+    for rel in modules:
+        name = rel.with_suffix(".mpy").as_posix()
+        data = (tmp / name).read_bytes()
+        if len(data) < 4 or data[:2] != b"M" + bytes([MPY_MAJOR]) or data[2] >> 2:
+            raise BuildError(name, "not a bytecode-only mpy v%d file (header %r): native code is "
+                             "copied into RAM even from ROMFS" % (MPY_MAJOR, data[:4]), config=False)
+        files[name] = data
+    try:
+        image = build_image(files)
+        if read_image(image) != files:
+            raise RomfsError("the image does not read back as the files written into it")
+    except RomfsError as e:
+        raise BuildError(ROMFS_IMAGE, str(e), config=False) from None
+    if limit is not None and len(image) > limit:
+        raise BuildError("--romfs-size", "%s would be %d bytes, more than the ROMFS partition's %d "
+                         "bytes: use a larger partition or leave modules out of the bundle"
+                         % (ROMFS_IMAGE, len(image), limit), config=False)
+    (tmp / ROMFS_IMAGE).write_bytes(image)
+    return {"image": ROMFS_IMAGE, "size": len(image), "sha256": hashlib.sha256(image).hexdigest(),
+            "files": sorted(files), "limit": limit}
+
+
 def build_bundle(board: str, config_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                 source_root: str | os.PathLike[str] | None = None) -> BuildReport:
+                 source_root: str | os.PathLike[str] | None = None, *, romfs: bool = False,
+                 romfs_size: int | None = None) -> BuildReport:
     """Build the bundle for `board` from the node.json at `config_path` into `out_dir`.
+
+    romfs: also write out_dir/romfs.img (the .mpy modules as a ROMFS image, listed
+    under "romfs" in MANIFEST.json, not under "files": plain `starling flash` does
+    not copy it); romfs_size: the ROMFS partition's size in bytes, checked.
 
     The bundle is assembled in a temporary directory beside out_dir and moved into
     place at the end, so a failed build leaves an earlier bundle intact. out_dir must
@@ -543,6 +594,8 @@ def build_bundle(board: str, config_path: str | os.PathLike[str], out_dir: str |
         paths = sorted(p for p in tmp.rglob("*") if p.is_file())
         files = [BundleFile(p.relative_to(tmp).as_posix(), p.stat().st_size, _sha256(p)) for p in paths]
         report = BuildReport(board, out, files, mpy_version, _starling_version(), warnings)
+        if romfs or romfs_size is not None:
+            report.romfs = _romfs_image(tmp, modules, romfs_size)
         manifest = {
             "format": MANIFEST_FORMAT,
             "board": board,
@@ -555,6 +608,8 @@ def build_bundle(board: str, config_path: str | os.PathLike[str], out_dir: str |
             "total_size": report.total_size,
             "files": {f.path: {"sha256": f.sha256, "size": f.size} for f in files},
         }
+        if report.romfs is not None:
+            manifest["romfs"] = report.romfs
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
@@ -590,12 +645,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="bundle directory (replaced if it holds an earlier bundle)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
+    parser.add_argument("--romfs", action="store_true",
+                        help="also write DIR/romfs.img: the .mpy modules as a MicroPython ROMFS image "
+                             "(for `starling flash --romfs`)")
+    parser.add_argument("--romfs-size", type=_size, metavar="BYTES",
+                        help="ROMFS partition size (e.g. 131072, 128K): a larger image is an error "
+                             "(implies --romfs)")
+
+
+def _size(text: str) -> int:
+    m = re.fullmatch(r"\s*(0x[0-9a-fA-F]+|\d+)\s*([kKmM]?)\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError("expected a size in bytes such as 131072, 0x20000 or 128K")
+    digits = m.group(1)
+    value = int(digits, 16 if digits.startswith("0x") else 10) * \
+        {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2).lower()]
+    if value <= 0:
+        raise argparse.ArgumentTypeError("expected a size > 0")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
     """Exit status: 0 built, 2 bad config or board, 1 another build failure."""
     try:
-        report = build_bundle(args.board, args.config, args.out)
+        report = build_bundle(args.board, args.config, args.out,
+                              romfs=getattr(args, "romfs", False), romfs_size=getattr(args, "romfs_size", None))
     except BuildError as e:
         print("starling build: error: %s" % e, file=sys.stderr)
         return 2 if e.config or e.field.startswith("-") else 1
@@ -605,6 +679,12 @@ def run(args: argparse.Namespace) -> int:
         for f in report.files:
             print("  %8d  %s" % (f.size, f.path))
     print(report.summary())
+    if report.romfs is not None:
+        r = report.romfs
+        print("%s: %d bytes, %d modules%s" % (
+            r["image"], r["size"], len(r["files"]),
+            (" (%d%% of the %d-byte partition)" % (100 * r["size"] // r["limit"], r["limit"]))
+            if r["limit"] else ""))
     return 0
 
 

@@ -26,6 +26,21 @@ from this interpreter (so the venv's mpremote 1.29), with a time limit:
             reruns boot.py and main.py; "auto": soft on the unix port (no
             machine.reset there; the virtual board restarts on Ctrl-D), else hard.
 
+With --romfs (a bundle built with `starling build --romfs`, on firmware with a ROMFS
+partition: MicroPython >= 1.25 built with one, see docs/BOARDS.md) the modules go to
+the ROMFS partition as DIR/romfs.img instead of to the filesystem:
+
+1b. romfs    `exec`: does the firmware have vfs.rom_ioctl, a ROMFS partition, and
+            is the image no larger than it? If not, nothing is written.
+1c. deploy  `romfs deploy DIR/romfs.img` (mpremote's own command, partition 0).
+2.  prepare removes /protocol and /firmware from the filesystem (files and the
+            directories: an empty /firmware would be imported as a namespace package
+            and hide /rom/firmware).
+3.  copy    only the files outside protocol/ and firmware/: boot.py, main.py,
+            node.json.
+4.  verify  also reads the partition back: sha256 of its first len(romfs.img) bytes.
+The reset then mounts the new image at /rom; the firmware puts /rom on sys.path.
+
 mpremote soft-resets the board when it connects (stopping a running main.py and
 leaving boot.py's state); that is also why every step can run on its own.
 `--dry-run` prints the commands of steps 1-4 and what step 5 would do, and touches
@@ -70,6 +85,8 @@ class FlashReport:
     copied: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     verified: int = 0
+    romfs: int = 0                   # bytes written to the ROMFS partition (--romfs)
+    romfs_partition: int = 0         # the partition's size
     reset: str = ""                  # the reset done: hard / soft / none
     tail: str = ""                   # the board's output after the reset
     commands: list[list[str]] = field(default_factory=list)
@@ -83,7 +100,8 @@ def mpremote_argv() -> list[str]:
 # --- board-side scripts (MicroPython; kept small: they are sent through the raw REPL) ---
 
 def _probe_script() -> str:
-    # prints: platform, version, the mpy version it loads, 1 if "/" is a host's root
+    # prints: platform, version, the mpy version it loads, 1 if "/" is a host's root,
+    # 1 if a mounted ROMFS holds Starling modules (/rom/firmware)
     return ("import sys, os\n"
             "v = sys.implementation\n"
             "r = 0\n"
@@ -92,8 +110,64 @@ def _probe_script() -> str:
             " r = 1 if (\"usr\" in l and \"proc\" in l) else 0\n"
             "except OSError:\n"
             " pass\n"
+            "m = 0\n"
+            "try:\n"
+            " os.stat(\"/rom/firmware\")\n"
+            " m = 1\n"
+            "except OSError:\n"
+            " pass\n"
             "print(\"%s-PROBE\", sys.platform, \"%%d.%%d.%%d\" %% v.version[:3], "
-            "getattr(v, \"_mpy\", 0), r)\n" % _PREFIX)
+            "getattr(v, \"_mpy\", 0), r, m)\n" % _PREFIX)
+
+
+def _romfs_probe_script() -> str:
+    # prints: partitions (-1: no vfs.rom_ioctl, the firmware has no ROMFS), size of 0
+    return ("import vfs\n"
+            "n = -1\n"
+            "s = 0\n"
+            "if hasattr(vfs, \"rom_ioctl\"):\n"
+            " n = vfs.rom_ioctl(1)\n"
+            " if n > 0:\n"
+            "  d = vfs.rom_ioctl(2, 0)\n"
+            "  if isinstance(d, int):\n"
+            "   s = d\n"
+            "  elif hasattr(d, \"ioctl\"):\n"
+            "   s = d.ioctl(4, 0) * d.ioctl(5, 0)\n"
+            "  else:\n"
+            "   s = len(d)\n"
+            "print(\"%s-ROMFS\", n, s)\n" % _PREFIX)
+
+
+def _romfs_verify_script(size: int) -> str:
+    # sha256 of the partition's first `size` bytes, read in place (memory-mapped)
+    return ("import vfs, hashlib, binascii\n"
+            "m = memoryview(vfs.rom_ioctl(2, 0))\n"
+            "h = hashlib.sha256()\n"
+            "o = 0\n"
+            "while o < %d:\n"
+            " k = min(512, %d - o)\n"
+            " h.update(m[o:o + k])\n"
+            " o += k\n"
+            "print(\"%s-ROMSHA\", binascii.hexlify(h.digest()).decode())\n" % (size, size, _PREFIX))
+
+
+def _clear_script(dirs: list[str]) -> str:
+    # remove the files of each directory, then the directory (--romfs)
+    return ("import os\n"
+            "for d in %s:\n"
+            " try:\n"
+            "  l = list(os.ilistdir(d))\n"
+            " except OSError:\n"
+            "  continue\n"
+            " for e in l:\n"
+            "  if e[1] != 0x4000:\n"
+            "   os.remove(d + \"/\" + e[0])\n"
+            "   print(\"%s-RM\", d + \"/\" + e[0])\n"
+            " try:\n"
+            "  os.rmdir(d)\n"
+            "  print(\"%s-RM\", d)\n"
+            " except OSError:\n"
+            "  pass\n" % (json.dumps(dirs), _PREFIX, _PREFIX))
 
 
 def _prepare_script(keep: dict[str, list[str]]) -> str:
@@ -140,10 +214,29 @@ class _Plan:
     port: str
     bundle: Path
     manifest: dict[str, Any]
+    romfs: bool = False
 
     @property
     def files(self) -> list[str]:
+        """The files copied to the filesystem (--romfs: those outside the image)."""
+        if self.romfs:
+            inside = set(self.manifest["romfs"]["files"])
+            return sorted(f for f in self.manifest["files"] if f not in inside)
         return sorted(self.manifest["files"])
+
+    @property
+    def romfs_dirs(self) -> list[str]:
+        return sorted({"/" + f.split("/", 1)[0] for f in self.manifest["romfs"]["files"] if "/" in f})
+
+    def romfs_probe(self) -> list[str]:
+        return self.connect() + ["exec", _romfs_probe_script()]
+
+    def romfs_deploy(self) -> list[str]:
+        # mpremote deploys a file ending in .img as it is (partition 0)
+        return self.connect() + ["romfs", "deploy", str(self.bundle / self.manifest["romfs"]["image"])]
+
+    def romfs_verify(self) -> list[str]:
+        return self.connect() + ["exec", _romfs_verify_script(self.manifest["romfs"]["size"])]
 
     def connect(self) -> list[str]:
         return mpremote_argv() + ["connect", self.port]
@@ -152,6 +245,8 @@ class _Plan:
         return self.connect() + ["exec", _probe_script()]
 
     def prepare(self) -> list[str]:
+        if self.romfs:
+            return self.connect() + ["exec", _clear_script(self.romfs_dirs)]
         keep: dict[str, list[str]] = {}
         for f in self.files:
             if "/" in f:
@@ -320,8 +415,11 @@ def reset_and_tail(port: str, mode: str, seconds: float, echo: Callable[[str], N
 
 def flash_bundle(port: str, bundle_dir: str | os.PathLike[str], *, reset: str = "auto",
                  tail: float = 3.0, dry_run: bool = False, force: bool = False,
-                 timeout: float = _STEP_TIMEOUT, out: Callable[[str], None] = print) -> FlashReport:
-    """Copy, verify, reset, tail; see the module docstring. Raises FlashError."""
+                 timeout: float = _STEP_TIMEOUT, out: Callable[[str], None] = print,
+                 romfs: bool = False) -> FlashReport:
+    """Copy, verify, reset, tail; see the module docstring. Raises FlashError.
+
+    romfs: the modules go to the board's ROMFS partition as the bundle's romfs.img."""
     if reset not in RESETS:
         raise FlashError("--reset must be one of %s" % ", ".join(RESETS))
     bundle = Path(bundle_dir)
@@ -330,10 +428,16 @@ def flash_bundle(port: str, bundle_dir: str | os.PathLike[str], *, reset: str = 
     except BuildError as e:
         raise FlashError(e.message) from None
     _check_local(bundle, manifest)
-    plan = _Plan(port, bundle, manifest)
+    if romfs:
+        _check_local_romfs(bundle, manifest)
+    plan = _Plan(port, bundle, manifest, romfs)
     report = FlashReport(port, manifest.get("board", "?"))
-    steps = [("probe", plan.probe()), ("prepare", plan.prepare()), ("copy", plan.copy()),
-             ("verify", plan.verify())]
+    steps = [("probe", plan.probe())]
+    if romfs:
+        steps += [("romfs", plan.romfs_probe()), ("deploy", plan.romfs_deploy())]
+    steps += [("prepare", plan.prepare()), ("copy", plan.copy()), ("verify", plan.verify())]
+    if romfs:
+        steps.append(("verify romfs", plan.romfs_verify()))
     report.commands = [argv for _, argv in steps]
     if dry_run:
         for name, argv in steps:
@@ -353,13 +457,20 @@ def flash_bundle(port: str, bundle_dir: str | os.PathLike[str], *, reset: str = 
     probe = _lines(_run_mpremote(plan.probe(), "probe", port, min(timeout, _PROBE_TIMEOUT)), "PROBE")
     report.platform, report.version = _check_board(probe, manifest, force, port)
     out("  %s, MicroPython %s" % (report.platform, report.version))
+    if not romfs and probe[-1][4:5] == ["1"]:
+        out("  warning: the board's ROMFS (/rom) holds Starling modules from an earlier `flash --romfs`;"
+            " if the firmware puts /rom before the filesystem on sys.path they are imported instead of"
+            " the files copied now: flash with --romfs, or deploy another ROMFS image")
+
+    if romfs:
+        _romfs_deploy(plan, report, timeout, out)
 
     report.removed = [p[0] for p in _lines(_run_mpremote(plan.prepare(), "prepare", port, timeout),
                                             "RM")]
     for p in report.removed:
         out("  removed stale %s" % p)
 
-    out("copy %d files (%d bytes) ..." % (len(plan.files), sum(m["size"] for m in manifest["files"].values())))
+    out("copy %d files (%d bytes) ..." % (len(plan.files), sum(manifest["files"][f]["size"] for f in plan.files)))
     copy_out = _run_mpremote(plan.copy(), "copy", port, timeout + 2.0 * len(plan.files))
     report.copied = [line.split()[1] for line in copy_out.splitlines() if line.startswith("cp ")]
 
@@ -379,6 +490,14 @@ def flash_bundle(port: str, bundle_dir: str | os.PathLike[str], *, reset: str = 
                                                           meta["size"]))
         report.verified += 1
     out("  %d files verified by sha256 on the board" % report.verified)
+    if romfs:
+        got_rom = _lines(_run_mpremote(plan.romfs_verify(), "verify romfs", port, timeout), "ROMSHA")
+        want = manifest["romfs"]["sha256"]
+        if not got_rom or got_rom[-1][0] != want:
+            raise FlashError("verify: the ROMFS partition does not hold romfs.img: sha256 of its first %d "
+                             "bytes is %s, the image's %s" % (manifest["romfs"]["size"],
+                                                             got_rom[-1][0] if got_rom else "?", want))
+        out("  ROMFS partition verified by sha256 (%d bytes)" % report.romfs)
 
     mode = reset
     if mode == "auto":
@@ -388,6 +507,47 @@ def flash_bundle(port: str, bundle_dir: str | os.PathLike[str], *, reset: str = 
         out("reset (%s); board output for %.1f s:" % (mode, tail))
         report.tail = reset_and_tail(port, mode, tail, echo=lambda line: out("  | " + line))
     return report
+
+
+def _check_local_romfs(bundle: Path, manifest: dict[str, Any]) -> None:
+    import hashlib
+    r = manifest.get("romfs")
+    if not isinstance(r, dict):
+        raise FlashError("bundle: %s has no ROMFS image: build it with `starling build --romfs`" % bundle)
+    try:
+        data = (bundle / r["image"]).read_bytes()
+    except OSError:
+        raise FlashError("bundle: %s is missing in %s: rebuild it" % (r["image"], bundle)) from None
+    if hashlib.sha256(data).hexdigest() != r.get("sha256") or len(data) != r.get("size"):
+        raise FlashError("bundle: %s does not match %s (changed after the build?): rebuild it"
+                         % (r["image"], MANIFEST))
+
+
+def _romfs_deploy(plan: _Plan, report: FlashReport, timeout: float, out: Callable[[str], None]) -> None:
+    """Steps 1b and 1c: check the board's ROMFS partition, then `mpremote romfs deploy`."""
+    port, size = plan.port, plan.manifest["romfs"]["size"]
+    got = _lines(_run_mpremote(plan.romfs_probe(), "romfs", port, min(timeout, _PROBE_TIMEOUT)), "ROMFS")
+    if not got:
+        raise FlashError("romfs: no answer from the board on %s" % port)
+    count, part = (int(x) for x in got[-1][:2])
+    if count < 0:
+        raise FlashError("romfs: the firmware on %s (MicroPython %s) has no ROMFS support (no "
+                         "vfs.rom_ioctl). Stock ESP32, Pico and Pico W firmware have none: flash without "
+                         "--romfs, or use a build with a ROMFS partition (docs/BOARDS.md, \"ROMFS\")"
+                         % (port, report.version))
+    if count == 0 or part <= 0:
+        raise FlashError("romfs: the firmware on %s supports ROMFS but has no ROMFS partition (ESP32: "
+                         "a partition table with a \"romfs\" data partition; RP2: a build with "
+                         "MICROPY_HW_ROMFS_BYTES; docs/BOARDS.md, \"ROMFS\")" % port)
+    if size > part:
+        raise FlashError("romfs: romfs.img is %d bytes, the ROMFS partition on %s only %d: use a larger "
+                         "partition, or flash without --romfs" % (size, port, part))
+    report.romfs_partition = part
+    out("deploy romfs.img (%d bytes) to the ROMFS partition (%d bytes) ..." % (size, part))
+    text = _run_mpremote(plan.romfs_deploy(), "deploy", port, timeout + size / 2048.0)
+    if "ROMFS image deployed" not in text:
+        raise FlashError("deploy: mpremote did not confirm the ROMFS deploy:\n%s" % text.strip()[-1000:])
+    report.romfs = size
 
 
 def list_boards() -> int:
@@ -409,6 +569,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "soft on the unix port)")
     parser.add_argument("--force", action="store_true",
                         help="flash even if the board's platform differs from the bundle's")
+    parser.add_argument("--romfs", action="store_true",
+                        help="write the modules to the board's ROMFS partition as the bundle's romfs.img "
+                             "(`starling build --romfs`; firmware with a ROMFS partition only)")
     parser.add_argument("--timeout", type=float, default=_STEP_TIMEOUT, metavar="S",
                         help="time limit of one mpremote step (default %.0f)" % _STEP_TIMEOUT)
 
@@ -427,13 +590,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         report = flash_bundle(args.port, args.bundle, reset=args.reset, tail=args.tail,
-                              dry_run=args.dry_run, force=args.force, timeout=args.timeout)
+                              dry_run=args.dry_run, force=args.force, timeout=args.timeout,
+                              romfs=getattr(args, "romfs", False))
     except FlashError as e:
         print("starling flash: error: %s" % e, file=sys.stderr)
         return 1
     if not args.dry_run:
-        print("flashed %s bundle to %s: %d files verified, reset %s"
-              % (report.board, args.port, report.verified, report.reset))
+        print("flashed %s bundle to %s: %d files verified%s, reset %s"
+              % (report.board, args.port, report.verified,
+                 (" + romfs.img (%d bytes) in the ROMFS partition" % report.romfs) if report.romfs else "",
+                 report.reset))
     return 0
 
 

@@ -14,6 +14,16 @@
 #       TESTS/board_fakes standing in for the board's built-in ones (counted in the
 #       baseline, as firmware modules are on a board): main()'s sequence with
 #       begin() (Wi-Fi join, NTP) before the Node boots.
+#   micropython -X heapsize=256K bench/mp_node.py ram_rom BUNDLE
+#   micropython -X heapsize=256K bench/mp_node.py ram_esp32_rom BUNDLE TESTS
+#       the same two measurements with the modules imported from BUNDLE/romfs.img
+#       (`starling build --romfs`) mounted at /rom with vfs.VfsRom, as firmware with
+#       a ROMFS partition mounts it at boot: .mpy bytecode and str/bytes constants
+#       are used in place, only the objects the imports create are on the heap.
+#       The image buffer: on a board it is the memory-mapped flash partition, not
+#       RAM. Here it is a bytes object read before the baseline (this unix build
+#       has no ffi or mmap to place it outside the GC heap), so no row counts it;
+#       its size is reported as "image_bytes".
 #   micropython -X heapsize=256K bench/mp_node.py heap BUNDLE
 #       heap bytes per publish with a HAL whose udp_send does nothing (both ports:
 #       the webassembly port has no sockets), int and float EVENT, int BATCH of 20.
@@ -106,10 +116,25 @@ def used():
     return gc.mem_alloc()
 
 
-def ram():
+def mount_rom():
+    # BUNDLE/romfs.img at /rom, first on sys.path (a board mounts its ROMFS partition
+    # there at boot); the bytes object lives from here on, before any baseline
+    import vfs
+    f = open(BUNDLE + "/romfs.img", "rb")
+    image = f.read()
+    f.close()
+    vfs.mount(vfs.VfsRom(image), "/rom")
+    sys.path.insert(0, "/rom")
+    return image
+
+
+def ram(rom=False):
+    image = mount_rom() if rom else None
     hal = MemHal(BUNDLE)     # created before the baseline: the HAL object is the board's
     base = used()
     out = {"modules": {}}
+    if image is not None:
+        out["image_bytes"] = len(image)
     prev = base
     for name in MODULES:
         __import__(name)
@@ -138,6 +163,7 @@ def ram():
     out["platform"] = sys.platform
     out["version"] = "%d.%d.%d" % sys.implementation.version[:3]
     out["sensors"] = len(node.sensors)
+    out["from"] = sys.modules["firmware.node"].__file__
     return out
 
 
@@ -146,13 +172,16 @@ BOARD_MODULES = ("protocol", "protocol.cbor", "protocol.topics", "protocol.nodew
                  "firmware.hal_board", "firmware.hal_esp32", "firmware.node")
 
 
-def ram_esp32(tests):
+def ram_esp32(tests, rom=False):
+    image = mount_rom() if rom else None
     sys.path.append(tests)
     import board_fakes
     from board_fakes import net
     clk = board_fakes.install("esp32")
     base = used()
     out = {"modules": {}}
+    if image is not None:
+        out["image_bytes"] = len(image)
     prev = base
     for name in BOARD_MODULES:
         __import__(name)
@@ -183,6 +212,7 @@ def ram_esp32(tests):
     out["published"] = node.published
     out["word_bytes"] = 8 if sys.maxsize > 2 ** 32 else 4
     out["version"] = "%d.%d.%d" % sys.implementation.version[:3]
+    out["from"] = sys.modules["firmware.node"].__file__
     return out
 
 
@@ -320,9 +350,14 @@ if MODE == "ram":
     print(json.dumps(ram()))
 elif MODE == "ram_esp32":
     print(json.dumps(ram_esp32(ARGS[2])))
+elif MODE == "ram_rom":
+    print(json.dumps(ram(rom=True)))
+elif MODE == "ram_esp32_rom":
+    print(json.dumps(ram_esp32(ARGS[2], rom=True)))
 elif MODE == "heap":
     print(json.dumps(heap()))
 elif MODE == "publish":
     print(json.dumps(publish(int(ARGS[2]), int(ARGS[3]))))
 else:
-    raise SystemExit("usage: mp_node.py ram|ram_esp32|heap|publish BUNDLE [PORT ROUNDS | TESTS]")
+    raise SystemExit("usage: mp_node.py ram|ram_rom|ram_esp32|ram_esp32_rom|heap|publish BUNDLE "
+                     "[PORT ROUNDS | TESTS]")

@@ -21,6 +21,13 @@ Side by side in one run:
   differs in version and options (MicroPython 1.27 wasm vs 1.29 unix), so that is
   an estimate, not a board measurement. Without node/npm, the 32-bit figure is not
   measured and the 64-bit one stands as an upper bound.
+* The same RAM figure with the modules imported from the bundle's romfs.img
+  (`starling build --romfs`) mounted at /rom with vfs.VfsRom, as firmware with a
+  ROMFS partition does at boot: bytecode and constant strings stay in the image
+  (flash on a board), only the objects the imports create are on the heap. The
+  image is read into a bytes object before the baseline (this unix build cannot
+  place it outside the GC heap), so it is in no row. For the unix bundle and for
+  the ESP32 bundle (board modules faked, as above).
 * Fleet size (sim/fleet.py) against a base station in its own process
   (bench/ingest.py's receiver): `micropython` runtime, one process per node, N = 10,
   20, 40 at 10 readings/s each: RSS per process (/proc/PID/status VmRSS), CPU of the
@@ -113,7 +120,7 @@ def build(tmp: Path, board: str = "unix") -> Path:
         d["wifi"] = {"ssid": "lab", "password": "secret"}   # the fake access point's
     cfg.write_text(json.dumps(d))
     out = tmp / ("bundle-%s" % board)
-    build_bundle(board, cfg, out)
+    build_bundle(board, cfg, out, romfs=True)     # + romfs.img; the .mpy files are the same
     return out
 
 
@@ -188,7 +195,11 @@ def micropython_side(tmp: Path, rounds: int) -> dict:
     out: dict[str, Any] = {"bundle_bytes": sum(f.stat().st_size for f in bundle.rglob("*.mpy"))}
     out["ram_64"] = run_unix(["ram", str(bundle)])
     # an ESP32 bundle's modules on the unix port, the board modules faked
-    out["ram_esp32_64"] = run_unix(["ram_esp32", str(build(tmp, "esp32")), str(ROOT / "tests")])
+    esp32 = build(tmp, "esp32")
+    out["ram_esp32_64"] = run_unix(["ram_esp32", str(esp32), str(ROOT / "tests")])
+    # the same, the modules imported in place from the bundle's romfs.img mounted at /rom
+    out["ram_rom_64"] = run_unix(["ram_rom", str(bundle)])
+    out["ram_esp32_rom_64"] = run_unix(["ram_esp32_rom", str(esp32), str(ROOT / "tests")])
     out["heap_64"] = run_unix(["heap", str(bundle)])
     counter = Counter()
     try:
@@ -299,17 +310,23 @@ MODULE_LABEL = {"firmware.config": "config+codes, dropped"}
 
 def print_table(r: dict) -> None:
     mp = r["micropython"]
-    r64, r32 = mp["ram_64"], mp["ram_32"]
+    r64, r32, rom = mp["ram_64"], mp["ram_32"], mp.get("ram_rom_64")
     print("RAM held after boot, from a `starling build --board unix` bundle (.mpy, %d bytes of .mpy)"
           % mp["bundle_bytes"])
-    print("  %-22s %10s %10s" % ("", "64-bit", "32-bit"))
-    print("  %-22s %10s %10s" % ("", "unix %s" % r64["version"], "wasm %s" % r32["version"] if r32 else "-"))
+    print("  %-22s %10s %10s %10s" % ("", "64-bit", "32-bit", "64-bit"))
+    print("  %-22s %10s %10s %10s" % ("", "unix %s" % r64["version"],
+                                      "wasm %s" % r32["version"] if r32 else "-", "ROMFS"))
     for name in MODULE_ORDER:
-        print("  %-22s %10d %10s" % (MODULE_LABEL.get(name, name), r64["modules"][name],
-                                     r32["modules"][name] if r32 else "-"))
+        print("  %-22s %10d %10s %10s" % (MODULE_LABEL.get(name, name), r64["modules"][name],
+                                          r32["modules"][name] if r32 else "-",
+                                          rom["modules"][name] if rom else "-"))
     for key, label in (("node_boot", "Node + boot"), ("node_running", "first 50 steps"),
                        ("total", "total")):
-        print("  %-22s %10d %10s" % (label, r64[key], r32[key] if r32 else "-"))
+        print("  %-22s %10d %10s %10s" % (label, r64[key], r32[key] if r32 else "-",
+                                          rom[key] if rom else "-"))
+    if rom:
+        print("  (ROMFS: modules imported in place from romfs.img (%d bytes) mounted at /rom, %s; the"
+              " image buffer is allocated before the baseline)" % (rom["image_bytes"], rom["from"]))
     if mp.get("wasm_note"):
         print("  " + mp["wasm_note"])
     e = mp.get("ram_esp32_64")
@@ -317,6 +334,12 @@ def print_table(r: dict) -> None:
         print("  ESP32 bundle on the unix port (board modules faked), 64-bit: hal_board %d,"
               " hal_esp32 %d, config + begin() %d, Node + boot %d, total %d"
               % (e["modules"]["firmware.hal_board"], e["modules"]["firmware.hal_esp32"],
+                 e["modules"]["firmware.config"], e["node_boot"], e["total"]))
+    e = mp.get("ram_esp32_rom_64")
+    if e:
+        print("  the same from its romfs.img (%d bytes) at /rom: hal_board %d, hal_esp32 %d, config +"
+              " begin() %d, Node + boot %d, total %d"
+              % (e["image_bytes"], e["modules"]["firmware.hal_board"], e["modules"]["firmware.hal_esp32"],
                  e["modules"]["firmware.config"], e["node_boot"], e["total"]))
     print()
     p = mp["publish_64"]
@@ -381,6 +404,12 @@ def main(argv: list[str] | None = None) -> int:
         "ram_after_boot_esp32_64bit_le_32KB": {
             "met": res["micropython"]["ram_esp32_64"]["total"] <= RAM_TARGET,
             "bytes": res["micropython"]["ram_esp32_64"]["total"]},
+        "ram_after_boot_romfs_64bit_le_32KB": {
+            "met": res["micropython"]["ram_rom_64"]["total"] <= RAM_TARGET,
+            "bytes": res["micropython"]["ram_rom_64"]["total"]},
+        "ram_after_boot_romfs_esp32_64bit_le_32KB": {
+            "met": res["micropython"]["ram_esp32_rom_64"]["total"] <= RAM_TARGET,
+            "bytes": res["micropython"]["ram_esp32_rom_64"]["total"]},
         "ram_after_boot_32bit_le_32KB": ({"met": r32["total"] <= RAM_TARGET, "bytes": r32["total"]}
                                          if r32 else {"met": None, "bytes": None}),
     }
