@@ -99,6 +99,7 @@ _HOP_UNKNOWN = const(255)
 _MEM_EVERY = const(1000)     # ms between heap samples (gc.collect() + gc.mem_alloc())
 _SLACK = const(32)           # ring slots beyond max for a replay (the cursor's batch)
 _LOG_BAD_FIRST = const(5)
+_MIN_EVENT = const(8)        # bytes: no EVENT is shorter (array, 5 small ints, topic, value)
 
 
 def link_kwargs(window=8, max_payload=256, baud=115200, rto_ms=1000, keepalive_ms=1000,
@@ -118,7 +119,11 @@ def link_kwargs(window=8, max_payload=256, baud=115200, rto_ms=1000, keepalive_m
     # once (no coalescing); max_payload still bounds one message (a STATUS must fit).
     # Otherwise the link's own queue is kept at 2 x max_payload bytes so that the node's
     # fair scheduler, not the link's FIFO, decides what goes next.
+    # Tail-loss probe (probe_ms): a lone frame (light traffic) whose frame or ACK was lost
+    # is sent again after 2 x SRTT + one full frame's line time + 5 ms instead of after
+    # the timeout above (>= 100 ms; 244 ms at 115200 Bd): at 921600 Bd about 10 ms.
     fb = frame_bytes if frame_bytes and frame_bytes < max_payload else max_payload
+    frame_ms = (fb + 24) * 10000 // baud
     drain = window * (fb + 24) * 10000 // baud
     rto_min = max(100, drain + 50)
     rto_max = max(500, 4 * rto_min)
@@ -127,7 +132,8 @@ def link_kwargs(window=8, max_payload=256, baud=115200, rto_ms=1000, keepalive_m
             "rto_min_ms": rto_min, "rto_max_ms": rto_max,
             "keepalive_ms": keepalive_ms, "dead_after_ms": dead_after_ms,
             "max_queue": max(8, max_payload // 8), "max_queue_bytes": 2 * max_payload,
-            "max_retries": max_retries, "coalesce": fb == max_payload}
+            "max_retries": max_retries, "coalesce": fb == max_payload,
+            "probe_ms": frame_ms + 5}
 
 
 class ChainNode:
@@ -231,6 +237,9 @@ class ChainNode:
         if self.down_uart is None and cfg.uart_down is not None:
             self.down_uart = hal.uart_open(cfg.uart_down)
         if cfg.host_clock:
+            # uptime up to now first: opening the log and the UARTs took time since
+            # _ticks was read, and t of every event counts from there
+            self._advance(hal.ticks_ms())
             wall = hal.wall_ms()
             if wall is not None:
                 self.time_base = wall - self.uptime
@@ -654,6 +663,12 @@ class ChainNode:
 
     def _publish(self, topic, value, wait, timeout_ms=5000):
         seq = self.next_seq
+        q = self.own
+        if not wait and q.policy == "block" and not q.room(_MIN_EVENT):
+            # full "block" outbox (back-pressure from the chain): refuse before encoding,
+            # as put() would after it; this saves the encoding while the line is saturated
+            q.refused += 1
+            return False
         try:
             n = self.writer.event(seq, self.uptime, topic, value)
         except Exception as e:  # not encodable (a bad topic or value), or too big
@@ -663,7 +678,6 @@ class ChainNode:
         if n > self.max_payload:
             self.too_big += 1
             return False
-        q = self.own
         if wait and q.policy == "block" and not q.room(n):
             self._wait(lambda: q.room(n), timeout_ms)
         msg = bytes(self.writer.view())
@@ -689,8 +703,11 @@ class ChainNode:
         start = self.uptime
         was = self.draining
         self.draining = True
+        feed = getattr(hal, "feed", None)   # as in run(): a drain can outlast a watchdog
         try:
             while not ready() and self.uptime - start < timeout_ms:
+                if feed is not None:
+                    feed()
                 now = hal.ticks_ms()
                 self._advance(now)
                 self._rx(now)
@@ -755,7 +772,10 @@ class ChainNode:
         if not self.booted:
             self.boot()
         end = None if duration_ms is None else self.uptime + duration_ms
+        feed = getattr(hal, "feed", None)   # the HAL's once-per-loop hook (a board: watchdog)
         while not self.done and not getattr(hal, "stop_requested", False):
+            if feed is not None:
+                feed()
             try:
                 delay = self.step(hal.ticks_ms())
             except MemoryError:

@@ -165,6 +165,10 @@ def _stuff_crc(buf, cp, w, payload):
             buf[w] = crc & 0xFF
             w += 1
         else:  # a zero byte ends the block
+            if w - cp == _FULL:  # a full block implies no zero: the zero gets a block
+                buf[cp] = _FULL
+                cp = w
+                w += 1
             buf[cp] = w - cp
             cp = w
             w += 1

@@ -70,6 +70,9 @@
 #     and the timer backs off (x2, up to rto_max_ms). RTO = SRTT + 4 RTTVAR clamped to
 #     [rto_min_ms, rto_max_ms], from frames sent once only (Karn); a sample clears the
 #     backoff. Initial RTO rto_ms (1 s: a window of full frames at 115200 bd is ~0.7 s).
+#   - Tail-loss probe (probe_ms > 0, RFC 8985 section 7): a lone unacknowledged frame
+#     (sent once, nothing new to send) with no ACK for 2 SRTT + probe_ms is sent once more,
+#     so a lost frame or ACK on a quiet line costs about two round trips, not the RTO.
 #   - Retry budget: a retransmission counts against a frame's max_retries only if the peer
 #     was heard from since the frame's previous transmission (so a cut cable burns no
 #     budget). A frame over budget is dead: its tickets go to poll_dead(), and the link
@@ -327,6 +330,10 @@ class Link:
         max_queue, max_queue_bytes: bounds of the send queue (messages, bytes).
         max_retries: retransmissions charged to a frame before it is declared dead.
         coalesce: hold a part-filled frame while frames are unacknowledged (Nagle).
+        probe_ms: tail-loss probe (0: off). With exactly one DATA frame unacknowledged,
+            sent once and nothing new to send, retransmit it once after 2 x SRTT +
+            probe_ms without an ACK (RFC 8985 section 7), instead of waiting for the
+            retransmission timeout. Set it to at least one full frame's line time.
         session: this side's first session id (1..2**32-1); default random.
         rng: a function returning a random 32-bit int, for later session ids.
     Raises LinkError for out-of-range arguments.
@@ -335,7 +342,7 @@ class Link:
     def __init__(self, node=0, hop=0, window=8, max_payload=MAX_PAYLOAD, rto_ms=1000,
                  rto_min_ms=100, rto_max_ms=4000, keepalive_ms=1000, dead_after_ms=3000,
                  max_queue=64, max_queue_bytes=4096, max_retries=8, coalesce=True,
-                 session=None, rng=None):
+                 session=None, rng=None, probe_ms=0):
         if not 1 <= window <= MAX_WINDOW:
             raise LinkError("window must be 1..%d" % MAX_WINDOW)
         if not 1 <= max_payload <= MAX_PAYLOAD:
@@ -348,6 +355,8 @@ class Link:
             raise LinkError("need max_queue >= 1 and max_queue_bytes >= max_payload")
         if max_retries < 0:
             raise LinkError("max_retries must be >= 0")
+        if probe_ms < 0:
+            raise LinkError("probe_ms must be >= 0")
         if not 0 <= node <= 0xFFFFFFFF or not 0 <= hop <= 255:
             raise LinkError("node is 0..2**32-1, hop 0..255")
         self.node = node
@@ -362,6 +371,7 @@ class Link:
         self.max_queue_bytes = max_queue_bytes
         self.max_retries = max_retries
         self.coalesce = coalesce
+        self.probe_ms = probe_ms
         self._rng = rng if rng is not None else _random32
         if session is None:
             session = self._new_session_id(0)
@@ -418,6 +428,7 @@ class Link:
         self.messages_sent = 0
         self.messages_received = 0
         self.retransmissions = 0
+        self.probes = 0
         self.duplicates = 0
         self.out_of_order = 0
         self.out_of_window = 0
@@ -580,6 +591,9 @@ class Link:
                     return 0
                 if self._rto_at is not None:
                     w = min(w, _diff(self._rto_at, now_ms))
+                p = self._probe_at()
+                if p is not None:
+                    w = min(w, _diff(p, now_ms))
                 if self._last_tx is None:
                     return 0
                 w = min(w, _diff(_later(self._last_tx, self.keepalive_ms), now_ms))
@@ -606,6 +620,7 @@ class Link:
             "messages_sent": self.messages_sent,
             "messages_received": self.messages_received,
             "retransmissions": self.retransmissions,
+            "probes": self.probes,
             "duplicates": self.duplicates,
             "out_of_order": self.out_of_order,
             "out_of_window": self.out_of_window,
@@ -906,8 +921,30 @@ class Link:
             return False
         return not (self.coalesce and n and self._q_bytes <= self.max_payload)
 
+    def _probe_at(self):
+        # When the tail-loss probe is due, or None: one frame unacknowledged, sent once,
+        # not SACKed, nothing new can go (a new frame would reveal a loss by itself), an
+        # RTT known, and the probe earlier than the retransmission timer.
+        if not self.probe_ms or not self._srtt8 or len(self._out) != 1:
+            return None
+        f = self._out[0]
+        if f.tx != 1 or f.sacked or f.lost or self._can_send_new():
+            return None
+        pto = ((self._srtt8 >> 3) << 1) + self.probe_ms
+        if pto >= self._rto_now():
+            return None
+        return _later(f.sent, pto)
+
     def _send_data(self, now, data):
         out = self._out
+        p = self._probe_at()
+        if p is not None and _diff(now, p) >= 0:
+            # tail-loss probe: the frame or its ACK was probably lost; not charged to
+            # the retry budget; the retransmission timer restarts from now
+            self.probes += 1
+            self.retransmissions += 1
+            self._rto_at = _later(now, self._rto_now())
+            self._transmit(out[0], now, data)
         # retransmission timer: the oldest unacknowledged frame is lost
         if self._rto_at is not None and out and _diff(now, self._rto_at) >= 0:
             if self._backoff < _MAX_BACKOFF:

@@ -10,7 +10,7 @@ end B) and its downstream UART ``wires.downstream_path(j)`` (wire j, end A); the
 has no downstream UART unless ``tail=True`` (then wire K's far end is left free). The
 head, end A of wire 0, is where a base station connects: optionally symlinked at
 ``serial_link`` for ``starling listen --serial PATH`` (any program that opens a serial
-port by path will do; see docs/link-section.md for how the head talks to node 1).
+port by path will do; see docs/PROTOCOL.md section 7 for how the head talks to node 1).
 
 Each node has a flash directory (node.json, epoch, the outbox log, counters.json,
 node.log) under the work directory. Stopping is graceful ("stop" on stdin, then SIGINT,

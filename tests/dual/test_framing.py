@@ -113,6 +113,31 @@ def test_final_full_block_has_no_empty_block_after_it():
     assert_clean(dec)
 
 
+def test_crc_zero_right_after_a_full_block():
+    # The payload's last run plus the CRC's first k non-zero bytes fill a block to 254
+    # exactly and the next CRC byte is 0x00: the full block implies no zero, so the zero
+    # needs its own 01 block (a regression: it was folded into the 255 code byte and the
+    # frame failed its CRC on every transmission).
+    rng = Lcg(11)
+    for k in (1, 2, 3):
+        base = bytes([1 + rng.below(255) for _ in range(252 - k)])
+        found = 0
+        tries = 0
+        while found < 2 and tries < 65025:
+            payload = base + bytes([1 + tries // 255, 1 + tries % 255])
+            tries += 1
+            crc = struct.pack("<I", binascii.crc32(payload))
+            if b"\x00" in crc[:k] or crc[k] != 0:
+                continue
+            found += 1
+            frame = encode_frame(payload)
+            assert frame[1] == 0xFF and frame[1 + 255] == 0x01, frame.hex()
+            got, dec = decode_all(frame)
+            assert got == [payload], (k, payload.hex())
+            assert_clean(dec)
+        assert found == 2, (k, tries)
+
+
 def test_encode_rejects_oversize_payload():
     try:
         encode_frame(bytes(MAX_FRAME + 1))

@@ -570,6 +570,36 @@ def test_retransmission_backoff_and_dead_letter():
     assert sim.sides[1].received == [event(3), event(4), event(5)]
 
 
+def test_tail_loss_probe_resends_a_lone_lost_frame_before_the_timeout():
+    # one frame in flight, lost, nothing else to send: with probe_ms it is sent again
+    # after 2 x SRTT + probe_ms, long before the retransmission timeout; without, after it
+    took = {}
+    for probe in (0, 20):
+        a, b = make_pair(rto_ms=1000, rto_min_ms=1000, probe_ms=probe)
+        n = [0]
+
+        def drop(p):
+            if p[1] == 6:
+                n[0] += 1
+                return n[0] == 2   # the second DATA: the first gave an RTT sample
+            return False
+
+        sim = Sim(a, b, drop=drop)
+        assert sim.run_until(lambda s: a.up and b.up, 5000)
+        assert sim.transfer([event(1)])
+        srtt = a.stats()["rtt_ms"]
+        assert srtt is not None
+        sim.sides = [Side(), Side()]
+        start = sim.t
+        assert sim.transfer([event(2)])
+        assert sim.sides[1].received == [event(2)]
+        took[probe] = (sim.t - start) // 1000
+        assert a.probes == (1 if probe else 0) and a.retransmissions == 1
+        if probe:
+            assert took[probe] <= 2 * srtt + probe + 3 * srtt + 5, (took, srtt)
+    assert took[0] >= 1000 and took[20] < 200, took
+
+
 def test_fast_retransmit_from_sack():
     # one DATA frame lost in the middle of a window: recovered from the SACK long before
     # the retransmission timeout
