@@ -163,7 +163,13 @@ class ChainNode:
         self.max_payload = lk["max_payload"]
         fb = lk["frame_bytes"]
         self.frame_bytes = fb if fb and fb < self.max_payload else 0   # 0: full frames
-        self.sensors = sensors.make(cfg.sensors, cfg.node, cfg.float32)
+        # board HALs add their own kinds (mcu_temp, adc, sht3x) beside the synthetic ones
+        mk = getattr(hal, "make_sensors", None)
+        if mk is not None:
+            self.sensors = mk(cfg.sensors, cfg.node, cfg.float32)
+        else:
+            self.sensors = sensors.make(cfg.sensors, cfg.node, cfg.float32)
+        self._tb_clock = False   # the time base comes from the board's clock (NTP)
         self.caps = codes.CAP_SERIAL | (codes.CAP_DURABLE if cfg.durable else 0)
         self.own = Queue(Q_OWN, cfg.outbox_max, cfg.outbox_max_bytes, cfg.outbox_policy, _SLACK)
         self.fwd = Queue(Q_FWD, cfg.forward_max, cfg.forward_max_bytes, "block", _SLACK, True)
@@ -517,11 +523,25 @@ class ChainNode:
         self._to_down(data)
 
     def _announce(self, msg):
-        if msg.wall_ms is None:
+        if msg.wall_ms is None or self._tb_clock:
             return
         tb = msg.wall_ms - self.uptime
         if self.time_base is None or tb - self.time_base > 1000 or self.time_base - tb > 1000:
             self.time_base = tb
+            self.queue_status()
+
+    def _clock_time(self):
+        # NTP set the board's clock: the time base comes from it from now on, and
+        # ANNOUNCEs no longer move it (as in node.Node._clock_time)
+        wall = self.hal.wall_ms()
+        if wall is None:
+            return
+        self._advance(self.hal.ticks_ms())
+        self._tb_clock = True
+        tb = wall - self.uptime
+        if self.time_base is None or tb - self.time_base > 1000 or self.time_base - tb > 1000:
+            self.time_base = tb
+            self.hal.log("time base from the board clock: %d" % tb)
             self.queue_status()
 
     def _to_down(self, data):
@@ -773,9 +793,12 @@ class ChainNode:
             self.boot()
         end = None if duration_ms is None else self.uptime + duration_ms
         feed = getattr(hal, "feed", None)   # the HAL's once-per-loop hook (a board: watchdog)
+        synced = getattr(hal, "time_synced", None)
         while not self.done and not getattr(hal, "stop_requested", False):
             if feed is not None:
                 feed()
+                if synced is not None and synced():
+                    self._clock_time()
             try:
                 delay = self.step(hal.ticks_ms())
             except MemoryError:
@@ -879,7 +902,7 @@ def main(flash_dir=None, hal=None, stdin_control=False, cfg=None):
         hal = _node.make_hal(flash_dir, stdin_control)
     if cfg is None:
         try:
-            cfg = config.load(hal)
+            cfg = _node.load_config(hal)   # board sensor kinds registered first
         except config.ConfigError as e:
             hal.log(str(e))
             return 1

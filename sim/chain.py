@@ -50,14 +50,14 @@ import json
 import math
 import random
 import shutil
-import signal
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from firmware import config as fw_config
-from sim.fleet import ROOT, default_sensors, micropython_command, with_rate
+from sim.fleet import default_sensors, with_rate
+from sim.runtime import NodeProcess
 from sim.wire import WireChain
 
 BOOT_TIMEOUT = 10.0
@@ -76,15 +76,9 @@ def auto_frame_bytes(ber: float, drop: float) -> int:
     return max(32, n - n % 8)
 
 
-class _Node:
-    def __init__(self, node_id: int, flash: Path):
-        self.node_id = node_id
-        self.flash = flash
-        self.proc: asyncio.subprocess.Process | None = None
-        self.log: Any = None
-        self.boot_epoch = 0
-        self.boots: list[dict[str, Any]] = []
-        self.exact = True
+class _Node(NodeProcess):
+    def __init__(self, node_id: int, flash: Path, heapsize: str):
+        super().__init__(node_id, flash, "chain", "chain node", heapsize)
 
 
 class Chain:
@@ -160,7 +154,7 @@ class Chain:
         self.workdir = (Path(workdir) if workdir is not None
                         else Path(tempfile.mkdtemp(prefix="starling-chain-")))
         self.wires: WireChain | None = None
-        self.nodes = {j: _Node(j, self.workdir / f"node-{j}") for j in range(1, k + 1)}
+        self.nodes = {j: _Node(j, self.workdir / f"node-{j}", heapsize) for j in range(1, k + 1)}
         self.reboots = 0
         self.cuts: list[tuple[float, int, float]] = []   # (time since start, wire, seconds)
         self._rng = random.Random(seed)
@@ -211,105 +205,22 @@ class Chain:
         for n in self.nodes.values():
             n.flash.mkdir(parents=True, exist_ok=True)
             (n.flash / "node.json").write_text(json.dumps(self.node_config(n.node_id), indent=1))
-        await asyncio.gather(*(self._spawn(n) for n in self.nodes.values()))
-        await asyncio.gather(*(self._wait_booted(n, boot_timeout) for n in self.nodes.values()))
+        await asyncio.gather(*(n.spawn() for n in self.nodes.values()))
+        await asyncio.gather(*(n.wait_booted(boot_timeout) for n in self.nodes.values()))
         if self.reboot_every:
             self._tasks.append(asyncio.create_task(self._reboot_loop()))
         if self.cut_every:
             self._tasks.append(asyncio.create_task(self._cut_loop()))
 
     # --- processes ----------------------------------------------------------------------------
-    def _command(self, n: _Node) -> list[str]:
-        code = ("import sys; sys.path[:0] = [%r]; from firmware import chain; "
-                "raise SystemExit(chain.main(%r, stdin_control=True))" % (str(ROOT), str(n.flash)))
-        return [micropython_command(), "-X", f"heapsize={self.heapsize}", "-c", code]
-
-    def _read_epoch(self, n: _Node) -> int:
-        try:
-            return int((n.flash / "epoch").read_text())
-        except (OSError, ValueError):
-            return 0
-
-    async def _spawn(self, n: _Node) -> None:
-        (n.flash / "counters.json").unlink(missing_ok=True)
-        n.boot_epoch = self._read_epoch(n) + 1
-        if n.log is not None:
-            n.log.close()
-        n.log = open(n.flash / "node.log", "ab")
-        n.proc = await asyncio.create_subprocess_exec(
-            *self._command(n), stdin=asyncio.subprocess.PIPE, stdout=n.log, stderr=n.log,
-            cwd=str(n.flash), start_new_session=True)
-
-    async def _wait_booted(self, n: _Node, timeout: float) -> None:
-        want = f"chain node {n.node_id} epoch {n.boot_epoch}:".encode()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if want in (n.flash / "node.log").read_bytes():
-                    return
-            except OSError:
-                pass
-            if n.proc is not None and n.proc.returncode is not None:
-                break
-            await asyncio.sleep(0.01)
-        tail = (n.flash / "node.log").read_bytes()[-2000:].decode(errors="replace")
-        raise RuntimeError(f"chain node {n.node_id} did not boot:\n{tail}")
-
-    async def _stop_process(self, n: _Node, crash: bool = False, timeout: float = 5.0) -> None:
-        proc = n.proc
-        if proc is None:
-            return
-        if crash:
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
-        else:
-            if proc.returncode is None and proc.stdin is not None:
-                try:
-                    proc.stdin.write(b"stop\n")
-                    await proc.stdin.drain()
-                    proc.stdin.close()
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-            for sig in (None, signal.SIGINT, signal.SIGKILL):
-                if sig is not None and proc.returncode is None:
-                    proc.send_signal(sig)
-                try:
-                    await asyncio.wait_for(proc.wait(), timeout)
-                    break
-                except asyncio.TimeoutError:
-                    continue
-        n.proc = None
-        rep = None
-        if not crash:
-            try:
-                rep = json.loads((n.flash / "counters.json").read_text())["report"]
-            except (OSError, ValueError, KeyError):
-                rep = None
-        if rep is None:
-            n.exact = False
-            rep = {"node": n.node_id, "epoch": self._read_epoch(n), "published": None,
-                   "crashed": True}
-        n.boots.append(rep)
-
-    async def _send(self, n: _Node, line: str) -> None:
-        proc = n.proc
-        if proc is None or proc.returncode is not None or proc.stdin is None:
-            return
-        try:
-            proc.stdin.write(line.encode() + b"\n")
-            await proc.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
     # --- control -------------------------------------------------------------------------
     async def reboot(self, node_id: int, crash: bool = False) -> int:
         """Restart node `node_id` (graceful unless crash); returns its new epoch."""
         n = self.nodes[node_id]
         self.reboots += 1
-        await self._stop_process(n, crash)
-        await self._spawn(n)
-        await self._wait_booted(n, BOOT_TIMEOUT)
+        await n.stop(crash)
+        await n.spawn()
+        await n.wait_booted(BOOT_TIMEOUT)
         return n.boot_epoch
 
     def cut(self, wire_index: int, seconds: float) -> None:
@@ -323,7 +234,7 @@ class Chain:
         published over all boots so far (the current boot's read from its report)."""
         for n in self.nodes.values():
             (n.flash / "counters.json").unlink(missing_ok=True)
-            await self._send(n, "pause")
+            await n.send("pause")
         out = {}
         deadline = time.monotonic() + timeout
         for n in self.nodes.values():
@@ -368,11 +279,9 @@ class Chain:
                 pass
         # the tail first: a node's last STATUS can still cross the wires above it
         for j in sorted(self.nodes, reverse=True):
-            await self._stop_process(self.nodes[j])
+            await self.nodes[j].stop()
         for n in self.nodes.values():
-            if n.log is not None:
-                n.log.close()
-                n.log = None
+            n.close_log()
         self._t1 = time.monotonic()
         summary = self.summary()
         if self.wires is not None:

@@ -321,6 +321,38 @@ def test_serial_chain_node_gets_the_board_uarts():
     assert machine.uarts[0].deinited and machine.uarts[1].deinited   # closed at the end
 
 
+def test_chain_node_on_a_board_samples_board_sensors_and_takes_the_ntp_clock():
+    from firmware import chain
+    flash = _flash({"node": 11, "transport": "serial", "ntp": True,
+                    "wifi": {"ssid": "lab", "password": "secret", "wait_ms": 0},
+                    "sensors": [{"topic": "t", "kind": "mcu_temp", "period_ms": 1000}],
+                    "uart": {"up": {"id": 2, "tx": 25, "rx": 34}}, "stop_drain_ms": 0})
+    hal, clk = _esp(flash)
+    saved = _kinds_saved()
+    try:
+        cfg = node_mod.load_config(hal)            # registers mcu_temp first
+        network.ap_down()
+        hal.begin(cfg)
+        node = chain.ChainNode(cfg, hal)
+        node.boot()
+        assert node.time_base is None
+        # the base's ANNOUNCE (from upstream) gives a time base meanwhile, 5 s off
+        node._announce(messages.Announce("b1", "", 0, ["#"], 0, 60, NTP_MS + 5000))
+        assert node.time_base == NTP_MS + 5000 - node.uptime
+        network.ap_up()
+        node.run(5000)                             # Wi-Fi joins, NTP syncs
+        assert ntptime.calls == 1
+        wall = hal.wall_ms()
+        assert wall is not None and -2 <= node.time_base + node.uptime - wall <= 2
+        tb = node.time_base
+        node._announce(messages.Announce("b1", "", 0, ["#"], 0, 60, NTP_MS + 5000))
+        assert node.time_base == tb                # the board's clock wins from now on
+        assert node.published >= 4                 # mcu_temp readings accepted each second
+        assert type(node.sensors[0]).__name__ == "BoardSensor"
+    finally:
+        _kinds_restore(saved)
+
+
 # --- node.json keys of the board path ----------------------------------------------------------
 
 
