@@ -3,7 +3,6 @@ skips, trailing loss via STATUS, `since`, reboots, bounded memory; checked case 
 and against a brute-force model with random traffic."""
 
 import random
-import time
 
 from hypothesis import given, settings, strategies as st
 
@@ -163,17 +162,14 @@ def test_hole_cap_forgets_oldest_and_counts_too_late():
     assert s.lost == 18
 
 
-def test_in_order_batch_is_constant_time():
+def test_in_order_batches_keep_no_holes():
     s = EpochStream(0)
-    t0 = time.perf_counter()
     seq = 0
     for _ in range(100_000):
         s.add(seq, 100)
         seq += 100
-    elapsed = time.perf_counter() - t0
-    assert s.received == 10_000_000
-    # 10 M readings accounted; generous bound for slow CI machines (typically ~30 ms)
-    assert elapsed < 1.0
+    assert s.received == 10_000_000 and s.lost == 0
+    assert s.holes() == []     # nothing per reading is kept: an in-order batch is O(1)
 
 
 # -- brute-force model ------------------------------------------------------------------------

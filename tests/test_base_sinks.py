@@ -125,21 +125,22 @@ def test_sqlite_big_ints_and_seq_clamped(tmp_path):
     assert [r.value for r in read_db(db)] == [2**64 - 1, -2**64, 5]
 
 
-def test_sqlite_throughput(tmp_path):
-    """Batched inserts: the target is >= 200,000 readings/s on a desktop; the floor
-    asserted here is lower so a slow CI runner does not fail spuriously."""
-    sink = SQLiteSink(str(tmp_path / "t.db"))
+def test_sqlite_writes_every_batched_reading(tmp_path):
+    """200,000 readings in 10,000 blocks: every one written, once (its speed is
+    measured by bench/ingest.py, not here)."""
+    db = str(tmp_path / "t.db")
+    sink = SQLiteSink(db)
     blocks = [Block(1 + k % 10, 0, (k // 10) * 20, list(range(20)), ["sensors/1/temp"] * 20,
                     [21.5] * 20, TB, 1.0) for k in range(10_000)]
-    t0 = time.process_time()          # CPU time (writer thread included): load-independent
     for b in blocks:
         sink.write_block(b)
     sink.flush()
-    rate = 200_000 / (time.process_time() - t0)
     sink.close()
-    print("sqlite sink: %.0f readings/s" % rate)
-    assert sink.written == 200_000
-    assert rate > 40_000
+    assert sink.written == 200_000 and sink.dropped == 0
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT COUNT(*), COUNT(DISTINCT node || '/' || seq) FROM readings"
+                       ).fetchone() == (200_000, 200_000)
+    con.close()
 
 
 def test_jsonl_and_csv_to_stdout(capsys):

@@ -114,7 +114,7 @@ class TestSerialTransport:
         link.rx.timeout = 0
         t0 = time.monotonic()
         assert link.rx.read(10) == b""
-        assert time.monotonic() - t0 < 0.05
+        assert time.monotonic() - t0 < 0.5     # returned at once (a blocking read would wait)
         link.tx.write(b"xyz")
         assert link.wait_waiting(3) == 3
         assert link.rx.read(10) == b"xyz"
