@@ -46,10 +46,11 @@ MODE = ARGS[0]
 BUNDLE = ARGS[1]
 sys.path.insert(0, BUNDLE)
 
-# the modules a node imports at boot, leaves first (firmware/node.py's imports);
+# the modules a node imports at boot, leaves first (firmware/node.py's imports; not
+# protocol.cbor: "cbor_loaded" in the output tells whether anything imported it);
 # firmware.config (and protocol.codes, which only it uses) come after them, through
 # node.load_config(), which drops both again
-MODULES = ("protocol", "protocol.cbor", "protocol.topics", "protocol.nodewire",
+MODULES = ("protocol", "protocol.topics", "protocol.nodewire", "protocol.cbor_lite",
            "firmware", "firmware.sensors", "firmware.subscribers",
            "firmware.hal_unix", "firmware.node")
 
@@ -164,10 +165,11 @@ def ram(rom=False):
     out["version"] = "%d.%d.%d" % sys.implementation.version[:3]
     out["sensors"] = len(node.sensors)
     out["from"] = sys.modules["firmware.node"].__file__
+    out["cbor_loaded"] = "protocol.cbor" in sys.modules
     return out
 
 
-BOARD_MODULES = ("protocol", "protocol.cbor", "protocol.topics", "protocol.nodewire",
+BOARD_MODULES = ("protocol", "protocol.topics", "protocol.nodewire", "protocol.cbor_lite",
                  "firmware", "firmware.sensors", "firmware.subscribers",
                  "firmware.hal_board", "firmware.hal_esp32", "firmware.node")
 
@@ -210,6 +212,7 @@ def ram_esp32(tests, rom=False):
     out["link_up"] = hal.link_up()
     out["time_base"] = node.time_base is not None
     out["published"] = node.published
+    out["cbor_loaded"] = "protocol.cbor" in sys.modules
     out["word_bytes"] = 8 if sys.maxsize > 2 ** 32 else 4
     out["version"] = "%d.%d.%d" % sys.implementation.version[:3]
     out["from"] = sys.modules["firmware.node"].__file__

@@ -302,7 +302,7 @@ async def fleet_run(runtime: str, n: int, rate: float, window: float) -> dict:
 
 # -- report -----------------------------------------------------------------------------------
 
-MODULE_ORDER = ("protocol", "protocol.cbor", "protocol.topics", "protocol.nodewire",
+MODULE_ORDER = ("protocol", "protocol.topics", "protocol.nodewire", "protocol.cbor_lite",
                 "firmware", "firmware.sensors", "firmware.subscribers",
                 "firmware.hal_unix", "firmware.node", "firmware.config")
 MODULE_LABEL = {"firmware.config": "config+codes, dropped"}
@@ -327,6 +327,9 @@ def print_table(r: dict) -> None:
     if rom:
         print("  (ROMFS: modules imported in place from romfs.img (%d bytes) mounted at /rom, %s; the"
               " image buffer is allocated before the baseline)" % (rom["image_bytes"], rom["from"]))
+    print("  protocol.cbor imported by the booted node: %s (.mpy), %s (ROMFS)"
+          % ("yes" if r64.get("cbor_loaded") else "no",
+             "-" if not rom else "yes" if rom.get("cbor_loaded") else "no"))
     if mp.get("wasm_note"):
         print("  " + mp["wasm_note"])
     e = mp.get("ram_esp32_64")

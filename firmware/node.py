@@ -49,9 +49,11 @@
 # version, or an ANNOUNCE with a bad field, is counted (rx_bad, logged for the first
 # few) and ignored; other kinds are ignored without further checks.
 #
-# Memory: the node imports protocol.nodewire (EventWriter, StatusWriter, ANNOUNCE
-# checks), not protocol.messages; main() drops firmware.config and protocol.codes
-# after node.json is checked (load_config). The hot path (one EVENT to subscribers)
+# Memory: the node imports protocol.nodewire (EventWriter, BatchWriter, StatusWriter,
+# write_value) and protocol.cbor_lite (the ANNOUNCE reader), neither protocol.messages
+# nor protocol.cbor (a signing node imports protocol.auth, and with it protocol.cbor,
+# when it boots); main() drops firmware.config and protocol.codes after node.json is
+# checked (load_config). The hot path (one EVENT to subscribers)
 # writes the event once with nodewire.EventWriter (pre-encoded head, node, epoch and
 # topic), then only its skip per subscriber; each subscriber's topic match is a flag
 # per sensor (Subscriber.want) computed when its filters are set; the memoryview
@@ -62,8 +64,8 @@
 # sensor's), 0 per STATUS.
 import sys
 
-from protocol import cbor
 from protocol import nodewire
+from protocol import cbor_lite
 from firmware import sensors
 from firmware.subscribers import Table
 
@@ -78,7 +80,6 @@ _HDR_EVENT_SKIP = const(0x88)
 _RX_PER_WAKE = const(16)     # datagrams read per wake-up: a flood cannot starve sampling
 _LOG_BAD_FIRST = const(5)    # rx_bad: log the first few, then every 1000th
 _BATCH_MAX = const(20)       # readings waiting at most (firmware.config.BATCH_MAX)
-_HEAD_BATCH = const(2)       # messages.head(codes.KIND_BATCH)
 # protocol/codes.py's values, private here so the node does not keep that module in
 # RAM (tests/dual/test_node_wire.py checks they agree)
 _MAX_DATAGRAM = const(1400)  # codes.MAX_DATAGRAM
@@ -122,7 +123,7 @@ class Node:
             self.sensors = mk(cfg.sensors, cfg.node, cfg.float32)
         else:
             self.sensors = sensors.make(cfg.sensors, cfg.node, cfg.float32)
-        self._topic_cbor = [cbor.dumps(s.topic) for s in self.sensors]
+        self._topic_cbor = [nodewire.text(s.topic) for s in self.sensors]
         # the topics are fixed: each subscriber keeps a flag per sensor (want[i])
         self.subs = Table(cfg.max_subscribers, [s.topic for s in self.sensors])
         self.key = None
@@ -135,12 +136,12 @@ class Node:
         self.caps = _CAP_UDP | (_CAP_AUTH if self.key else 0) | (
             _CAP_BATCH if cfg.batch_ms else 0)
         # EVENTs: nodewire.EventWriter, made at boot (it holds node and epoch). BATCHes:
-        # one datagram's worth of cbor.Encoder (overflow: CBOREncodeError, the readings
-        # are counted dropped), only when batching. STATUS: nodewire.StatusWriter with
-        # the counters in _ctr (keys in sorted order: _STATUS_KEYS)
+        # nodewire.BatchWriter, made at boot when batching (a BATCH over one datagram
+        # raises EncodeError: the run is split, a single reading counted dropped).
+        # STATUS: nodewire.StatusWriter with the counters in _ctr (keys in sorted
+        # order: _STATUS_KEYS)
         self.writer = None
-        self.enc = cbor.Encoder(_MAX_DATAGRAM) if cfg.batch_ms else None
-        self._views = {}     # memoryviews of enc.buffer by length (BATCH)
+        self.bwriter = None
         self.status_writer = nodewire.StatusWriter(cfg.node, cfg.firmware, _STATUS_KEYS)
         self._ctr = [0] * len(_STATUS_KEYS)
         self.next_status = cfg.status_every_ms
@@ -190,6 +191,8 @@ class Node:
         self._ticks = hal.ticks_ms() if now is None else now
         # head, node and epoch are the same in every EVENT of this boot
         self.writer = nodewire.EventWriter(self.node_id, self.epoch, _MAX_DATAGRAM + 16, 0)
+        if self.cfg.batch_ms:
+            self.bwriter = nodewire.BatchWriter(self.node_id, self.epoch, _MAX_DATAGRAM)
         self.tx = hal.udp_open(0, False, True)
         if self.cfg.discovery_port is not None:
             self.rx = hal.udp_open(self.cfg.discovery_port, True, True, self.cfg.discovery_bind)
@@ -279,7 +282,7 @@ class Node:
         if now is not None:
             self._advance(now)
         try:
-            msg = nodewire.parse_announce(data)
+            msg = cbor_lite.parse_announce(data)
         except Exception as e:  # ProtocolError, or anything odd a hostile datagram causes
             self._bad(e)
             return
@@ -436,6 +439,8 @@ class Node:
             self._b_sensor[n] = i
             self._b_value[n] = value
             self._b_n = n + 1
+            if n + 1 >= _BATCH_MAX:   # full: more sensors may be due in this step
+                self._flush_batch()
             return
         w = self.writer
         body = 0
@@ -449,23 +454,14 @@ class Node:
                 try:
                     body = w.body(seq, up, self._topic_cbor[i], value)
                     if body > _MAX_BODY:
-                        raise cbor.CBOREncodeError("%d bytes: too big for a datagram" % body)
-                except Exception as e:   # CBOREncodeError; ValueError/IndexError: too big
+                        raise nodewire.EncodeError("%d bytes: too big for a datagram" % body)
+                except Exception as e:   # EncodeError; ValueError/IndexError: too big
                     self.dropped += 1
                     self.hal.log("seq %d not encodable: %s" % (seq, e))
                     return
             w.set_skip(seq - sub.last_sent - 1)
             sub.last_sent = seq
             self._send(sub, w.view(), 1)
-
-    def _value(self, value):
-        t = type(value)
-        if t is int:
-            self.enc.int(value)
-        elif t is float:
-            self.enc.float(value)
-        else:
-            self.enc.encode(value)
 
     # --- batching -------------------------------------------------------------------------
     def _flush_batch(self):
@@ -503,27 +499,13 @@ class Node:
     def _send_run(self, sub, j, k):
         # readings j..k-1 (consecutive seqs) to one subscriber: one BATCH
         seq0 = self._b_seq0 + j
-        skip = seq0 - sub.last_sent - 1
-        enc = self.enc
+        w = self.bwriter
         try:
-            enc.reset()
-            enc.array(7 if skip else 6)
-            enc.uint(_HEAD_BATCH)
-            enc.uint(self.node_id)
-            enc.uint(self.epoch)
-            enc.uint(seq0)
-            t0 = self._b_t[j]
-            enc.uint(t0)
-            enc.array(3 * (k - j))
-            prev = t0
+            w.begin(seq0, self._b_t[j], k - j, seq0 - sub.last_sent - 1)
             for r in range(j, k):
-                enc.uint(self._b_t[r] - prev)
-                prev = self._b_t[r]
-                enc.raw(self._topic_cbor[self._b_sensor[r]])
-                self._value(self._b_value[r])
-            if skip:
-                enc.uint(skip)
-        except cbor.CBOREncodeError:
+                w.add(self._b_t[r], self._topic_cbor[self._b_sensor[r]], self._b_value[r])
+            w.end()
+        except ValueError:   # EncodeError (too big, or a value it cannot carry)
             if k - j > 1:   # too big for one datagram: halves
                 m = (j + k) // 2
                 self._send_run(sub, j, m)
@@ -533,13 +515,7 @@ class Node:
                 sub.last_sent = seq0
             return
         sub.last_sent = seq0 + (k - j) - 1
-        n = enc.length
-        v = self._views.get(n)    # one memoryview per BATCH length: no slice per send
-        if v is None:
-            v = enc.view()
-            if len(self._views) < 24:
-                self._views[n] = v
-        self._send(sub, v, k - j)
+        self._send(sub, w.view(), k - j)    # one memoryview per BATCH length, cached
 
     # --- reports ----------------------------------------------------------------------------
     def report(self):

@@ -2,9 +2,12 @@
 # protocol/messages.py (which imports and re-exports everything here):
 #
 #   EventWriter    EVENTs written into one preallocated buffer (the publish hot path)
+#   BatchWriter    BATCHes the same way: byte-identical to messages.Batch's encoding
 #   StatusWriter   STATUS the same way: byte-identical to messages.Status.encode()
-#   announce_fields / parse_announce   ANNOUNCE checked field by field, as a tuple
-#   ProtocolError, head
+#   announce_fields  ANNOUNCE checked field by field, as a tuple (protocol/cbor_lite.py
+#                  reads it from a datagram: parse_announce)
+#   text           a str as CBOR text (topics, at boot)
+#   ProtocolError, EncodeError, head
 #
 # Theory of operation
 # -------------------
@@ -16,11 +19,25 @@
 # cached per length (a node sends a handful of lengths), so a steady publish
 # allocates nothing. Those views alias the buffer: use one before the next write.
 #
-# Memory: importing this module costs a few KB against ~20 KB for protocol.messages
-# (bench/node.py's RAM table); the node needs nothing else of messages unless it signs.
+# Values (write_value): int (64-bit heads, either sign), float (the shortest of half,
+# single, double that holds it exactly, NaN as f97e00), bool, null, text, bytes, and
+# maps with text keys and such scalar values (the EVENT value of docs/PROTOCOL.md:
+# keys in canonical order, length first). That is every value a sensor publishes, so
+# a UDP node never imports protocol.cbor; anything else (arrays, nested maps, other
+# keys: a chain node's application may publish them) goes to cbor.dumps_into,
+# imported on first use. The output is the same bytes as protocol.cbor's.
+#
+# Reading: protocol/cbor_lite.py (parse_announce). It is a module of its own because
+# the publish path here looks up module-level names on every call, and on MicroPython
+# that got slower with more of them: the same EventWriter.body with 20 more functions
+# in this module took ~0.5 us longer per EVENT (unix port, measured).
+#
+# Memory: importing this module costs ~11 KB from .mpy files (~6 KB from ROMFS) on
+# the 64-bit unix port, against ~24 KB for protocol.messages and ~20 KB for
+# protocol.cbor (bench/node.py's RAM table); a UDP node needs neither unless it signs
+# (protocol.auth).
 import struct
 
-from protocol import cbor
 from protocol.topics import valid_topic, valid_filter
 
 try:
@@ -35,13 +52,16 @@ _VERSION = const(1)
 _KIND_BITS = const(5)
 _KIND_MASK = const(31)
 _KIND_EVENT = const(1)
+_KIND_BATCH = const(2)
 _KIND_STATUS = const(3)
 _KIND_ANNOUNCE = const(4)
 _MAX_DATAGRAM = const(1400)
+_ROOM = const(16)    # write_value's room after its start (fixed-size items unchecked)
 
 _pack_into = struct.pack_into
 _MAX_U64 = 18446744073709551615
 _MAX_U32 = 4294967295
+_MIN_N64 = -18446744073709551616   # the most negative int a CBOR head carries
 MAX_TEXT = 64          # firmware version, base id
 MAX_FILTERS = 16       # topic filters in one ANNOUNCE
 _VIEWS_MAX = 24        # cached memoryviews per writer
@@ -50,6 +70,11 @@ _NULL = 0xF6
 
 class ProtocolError(ValueError):
     """A message from a peer is not valid Starling (bad head, field type or range)."""
+
+
+class EncodeError(ValueError):
+    """A value the wire format cannot carry (an int beyond 64 bits), or a message that
+    does not fit its writer's buffer."""
 
 
 def head(kind):
@@ -96,29 +121,6 @@ def announce_fields(f):
             _uint(f[5], "ANNOUNCE lease", 86400), _opt_uint(f[6], "ANNOUNCE wall_ms"))
 
 
-def parse_announce(data):
-    # A received datagram -> announce_fields() tuple, or None for a message of another
-    # kind (not checked further: a node acts on ANNOUNCEs only). Raises ProtocolError
-    # for anything that is not a Starling message of this version or a bad ANNOUNCE.
-    try:
-        values = cbor.loads(data)
-    except cbor.CBORDecodeError as e:
-        raise ProtocolError("not CBOR: %s" % e)
-    if not isinstance(values, list) or not values:
-        raise ProtocolError("a message is a non-empty CBOR array")
-    h = values[0]
-    if not _is_int(h) or h < 0:
-        raise ProtocolError("message head: expected an unsigned integer, got %r" % (h,))
-    version = (h >> _KIND_BITS) + 1
-    if version != _VERSION:
-        raise ProtocolError("unsupported protocol version %d (this side speaks %d)" % (version, _VERSION))
-    if h & _KIND_MASK != _KIND_ANNOUNCE:
-        return None
-    if len(values) < 8:
-        raise ProtocolError("ANNOUNCE: expected at least 7 fields, got %d" % (len(values) - 1))
-    return announce_fields(values[1:])
-
-
 def _put_uint(buf, p, n):
     # an unsigned CBOR head, inline for the hot path (no bounds checks: callers own a
     # buffer sized for the largest message)
@@ -141,6 +143,155 @@ def _put_uint(buf, p, n):
     buf[p] = 27
     _pack_into(">Q", buf, p + 1, n)
     return p + 9
+
+
+# --- writing values ---------------------------------------------------------------------
+# write_value(buf, p, v) -> end, like protocol.cbor.dumps_into(buf, v, p) and the same
+# bytes. Fixed-size items are written without bounds checks: write_value needs 16
+# bytes of room after p (EncodeError otherwise), and a message writer keeps that much
+# spare after its limit; strings are checked against the buffer's end.
+
+
+def text(s):
+    """s (str) as CBOR text: topics and the firmware version, encoded once."""
+    b = s.encode()
+    buf = bytearray(len(b) + 9)
+    return bytes(buf[:_put_str(buf, 0, b, 0x60)])
+
+
+def write_value(buf, p, v):
+    """v at buf[p]; returns the end (EncodeError: it does not fit, or an int beyond
+    64 bits). Arrays, nested maps and other keys: protocol.cbor, imported here."""
+    if p + _ROOM > len(buf):
+        raise EncodeError("buffer full at offset %d" % p)
+    t = type(v)
+    if t is int:
+        if 0 <= v < 4294967296:   # no big-int comparison on the common path
+            return _put_uint(buf, p, v)
+        return _put_int(buf, p, v)
+    if t is float:
+        return _put_float(buf, p, v)
+    if t is bool or v is None:
+        buf[p] = _NULL if v is None else 0xF5 if v else 0xF4
+        return p + 1
+    if t is str:
+        return _put_str(buf, p, v.encode(), 0x60)
+    if t is bytes or t is bytearray:
+        return _put_str(buf, p, v, 0x40)
+    if t is dict and _scalar_map(v):
+        return _put_map(buf, p, v)
+    from protocol import cbor   # not a value a sensor publishes: the generic encoder
+    return cbor.dumps_into(buf, v, p)
+
+
+def _put_int(buf, p, n):
+    if n < 0:
+        if n < _MIN_N64:
+            raise EncodeError("%d does not fit in a 64-bit head" % n)
+        q = _put_uint(buf, p, -1 - n)
+        buf[p] |= 0x20
+        return q
+    if n > _MAX_U64:
+        raise EncodeError("%d does not fit in a 64-bit head" % n)
+    return _put_uint(buf, p, n)
+
+
+def _put_str(buf, p, b, mt):
+    # a text (mt 0x60) or byte (0x40) string of the bytes b
+    q = _put_uint(buf, p, len(b))
+    buf[p] |= mt
+    p = q + len(b)
+    if p > len(buf):
+        raise EncodeError("%d bytes: does not fit" % p)
+    buf[q:p] = b
+    return p
+
+
+def _put_float(buf, p, x):
+    # the shortest exact form (half, single, double), as protocol.cbor's _float: the
+    # double's bits go to buf[p+1..p+8] and are classified byte by byte (small ints
+    # only); x is reused for the top 23 mantissa bits (small frames: no heap per call)
+    _pack_into(">d", buf, p + 1, x)
+    x = ((buf[p + 1] & 0x7F) << 4) | (buf[p + 2] >> 4)   # biased exponent
+    if x == 0 or x == 0x7FF or (buf[p + 5] & 0x1F) | buf[p + 6] | buf[p + 7] | buf[p + 8]:
+        return _float_other(buf, p, x)
+    return _float_short(buf, p, x - 1023, ((buf[p + 2] & 15) << 19) | (buf[p + 3] << 11)
+                        | (buf[p + 4] << 3) | (buf[p + 5] >> 5))
+
+
+def _float_short(buf, p, ex, m):
+    # a normal double with at most 23 mantissa bits m and unbiased exponent ex
+    if m & 0x1FFF == 0 and -24 <= ex <= 15:   # at most 10 mantissa bits, half's range
+        if ex >= -14:
+            h = ((ex + 15) << 10) | (m >> 13)
+        else:   # half subnormal: exact if no bit is shifted out
+            h = 1024 | (m >> 13)
+            h = -1 if h & ((1 << (-14 - ex)) - 1) else h >> (-14 - ex)
+        if h >= 0:
+            buf[p] = 0xF9
+            buf[p + 1] = (buf[p + 1] & 0x80) | (h >> 8)
+            buf[p + 2] = h & 255
+            return p + 3
+    if -126 <= ex <= 127:
+        ex += 127
+        buf[p + 1] = (buf[p + 1] & 0x80) | (ex >> 1)
+        buf[p + 2] = ((ex & 1) << 7) | (m >> 16)
+    elif -149 <= ex < -126 and (m | 0x800000) & ((1 << (-126 - ex)) - 1) == 0:
+        m = (m | 0x800000) >> (-126 - ex)   # single subnormal, exact
+        buf[p + 1] &= 0x80
+        buf[p + 2] = m >> 16
+    else:
+        buf[p] = 0xFB
+        return p + 9
+    buf[p] = 0xFA
+    buf[p + 3] = (m >> 8) & 255
+    buf[p + 4] = m & 255
+    return p + 5
+
+
+def _float_other(buf, p, e):
+    # ±0, inf, NaN (f97e00: payload and sign dropped) as half; the rest as double
+    s = buf[p + 1] & 0x80
+    m = (buf[p + 2] & 15) | buf[p + 3] | buf[p + 4] | buf[p + 5] | buf[p + 6] \
+        | buf[p + 7] | buf[p + 8]
+    if e == 0x7FF:
+        s = 0x7E if m else s | 0x7C
+    elif e or m:
+        buf[p] = 0xFB
+        return p + 9
+    buf[p] = 0xF9
+    buf[p + 1] = s
+    buf[p + 2] = 0
+    return p + 3
+
+
+def _scalar_map(m):
+    # an EVENT map value: at most 23 text keys, scalar values (bool, None included)
+    if len(m) > 23:
+        return False
+    for k in m:
+        t = type(m[k])
+        if type(k) is not str or not (t is int or t is float or t is str or t is bool
+                                      or t is bytes or t is bytearray or m[k] is None):
+            return False
+    return True
+
+
+def _put_map(buf, p, m):
+    # keys in canonical order (encoded length, then bytes: for text keys, UTF-8 length
+    # then UTF-8 bytes, which is code point order)
+    ks = []
+    for k in m:
+        b = k.encode()
+        ks.append((len(b), b, k))
+    ks.sort()
+    buf[p] = 0xA0 | len(ks)
+    p += 1
+    for e in ks:
+        if p + _ROOM > len(buf):
+            raise EncodeError("buffer full at offset %d" % p)
+        p = write_value(buf, _put_str(buf, p, e[1], 0x60), m[e[2]])
+    return p
 
 
 class _Views:
@@ -176,7 +327,7 @@ class EventWriter(_Views):
     def _topic(self, topic):
         if not valid_topic(topic):
             raise ValueError("invalid topic %r" % (topic,))
-        tb = cbor.dumps(topic)
+        tb = text(topic)
         if len(self._topics) < self._max_topics:
             self._topics[topic] = tb
         return tb
@@ -200,7 +351,7 @@ class EventWriter(_Views):
         if type(value) is float:
             # fast path: a normal value exact in half precision (most sensor readings:
             # 21.5, 0.25, 1013.0), read off its double bits; everything else (single,
-            # double, subnormal, inf, NaN) goes to the codec's general writer
+            # double, subnormal, inf, NaN) goes to the general writer
             _pack_into(">d", buf, e + 1, value)
             ex = (((buf[e + 1] & 0x7F) << 4) | (buf[e + 2] >> 4)) - 1008  # half's biased exponent
             if 0 < ex < 31 and not ((buf[e + 3] & 3) | buf[e + 4] | buf[e + 5] | buf[e + 6]
@@ -211,9 +362,11 @@ class EventWriter(_Views):
                 buf[e + 2] = h & 255
                 p = e + 3
             else:
-                p = cbor.write_float(buf, e, value)
+                p = _put_float(buf, e, value)
+        elif type(value) is int and value >= 0 and value < 4294967296:
+            p = _put_uint(buf, e, value)   # the common int reading: no further dispatch
         else:
-            p = cbor.dumps_into(buf, value, e)
+            p = write_value(buf, e, value)
         self._body = p
         self.length = p
         return p
@@ -226,6 +379,59 @@ class EventWriter(_Views):
             p = _put_uint(self.buffer, p, skip)
         else:
             self.buffer[0] = 0x87
+        self.length = p
+        return p
+
+
+class BatchWriter(_Views):
+    """BATCHes of one node and boot epoch, written into one preallocated buffer:
+    [2, node, epoch, seq0, t0, [dt, topic, value, ...], ?skip], byte-identical to
+    messages.Batch's encoding. begin(), add() per reading (its topic already encoded,
+    as for EventWriter.body), end() -> length, the bytes are view(). A BATCH longer
+    than `size` raises EncodeError (from add() or end()); so does a value that cannot
+    be written: the caller splits the run or drops the reading."""
+
+    def __init__(self, node, epoch, size=_MAX_DATAGRAM):
+        self.limit = size
+        self.buffer = bytearray(size + _ROOM + 9)   # room for the item after the limit
+        self._mv = memoryview(self.buffer)
+        self._views = {}
+        self.buffer[1] = head(_KIND_BATCH)
+        self._start = _put_uint(self.buffer, _put_uint(self.buffer, 2, node), epoch)
+        self._skip = 0
+        self._prev = 0
+        self.length = 0
+
+    def begin(self, seq0, t0, n, skip=0):
+        """Start a BATCH of n readings from seq0, the first taken at t0."""
+        self.buffer[0] = 0x87 if skip else 0x86
+        self._skip = skip
+        self._prev = t0
+        skip = _put_uint(self.buffer, _put_uint(self.buffer, self._start, seq0), t0)
+        self.length = _put_uint(self.buffer, skip, 3 * n)
+        self.buffer[skip] |= 0x80        # the readings' array head
+        # (locals reused: frames of at most 11 words stay off MicroPython's heap)
+
+    def add(self, t, tb, value):
+        """One reading: its time t (>= the previous one's), topic `tb` (CBOR text)."""
+        p = _put_uint(self.buffer, self.length, t - self._prev)
+        self._prev = t
+        t = p + len(tb)
+        if t > self.limit:
+            raise EncodeError("BATCH over %d bytes" % self.limit)
+        self._mv[p:t] = tb
+        p = write_value(self.buffer, t, value)
+        if p > self.limit:
+            raise EncodeError("BATCH over %d bytes" % self.limit)
+        self.length = p
+
+    def end(self):
+        """Close the BATCH (its skip); returns its length."""
+        p = self.length
+        if self._skip:
+            p = _put_uint(self.buffer, p, self._skip)
+            if p > self.limit:
+                raise EncodeError("BATCH over %d bytes" % self.limit)
         self.length = p
         return p
 
@@ -245,7 +451,7 @@ class StatusWriter(_Views):
             if not 0 <= k < 24:   # one-byte keys: every CTR_* code
                 raise ValueError("STATUS counter key %r: expected 0..23" % (k,))
         self.keys = ks
-        self._fw = cbor.dumps(firmware)
+        self._fw = text(firmware)
         # head 2, node 5, epoch 5, 5 uints of 9, firmware, caps 9, map 1 + 10 per entry, hop 2
         size = 2 + 5 + 5 + 45 + len(self._fw) + 9 + 1 + 10 * len(ks) + 2 + 9
         self.buffer = bytearray(size)

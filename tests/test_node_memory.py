@@ -9,6 +9,8 @@ disabled, 200 publishes after a warm-up:
   is cached per datagram length).
 * sine sensor (float readings): 160 bytes per publish, all of it the waveform's boxed
   floats in firmware/sensors.py; publishing the float itself allocates nothing.
+* a UDP node (unix HAL) that boots, publishes EVENTs or BATCHes of every value type
+  and reads ANNOUNCEs never imports protocol.cbor or protocol.messages.
 * RAM held after boot from source, imports included (gc.collect(); gc.mem_alloc()):
   about 78 KB here, where firmware.config is imported and kept; bench/node.py
   measures what a node holds from .mpy files with main()'s boot sequence.
@@ -90,3 +92,75 @@ def test_heap_per_publish_on_micropython(micropython, tmp_path, kind, subs, limi
     assert published == 200
     assert per <= limit
     assert after_boot < 120_000
+
+
+BOOT_SCRIPT = r'''
+import sys, json, binascii, socket
+sys.path.insert(0, sys.argv[1])
+flash, port = sys.argv[2], int(sys.argv[3])
+from firmware import node as node_mod
+hal = node_mod.make_hal(flash)
+cfg = node_mod.load_config(hal)
+node = node_mod.Node(cfg, hal)
+node.boot()
+node.run(300)
+# the ANNOUNCE vectors of docs/PROTOCOL.md, through the discovery socket, and junk
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+to = socket.getaddrinfo("127.0.0.1", port)[0][-1]
+for h in sys.argv[4:]:
+    s.sendto(binascii.unhexlify(h), to)
+s.sendto(b"\x88\x04junk", to)
+s.close()
+node.run(500)
+node.finish()
+hal.close()
+print("RESULT " + json.dumps({"cbor": "protocol.cbor" in sys.modules,
+                              "messages": "protocol.messages" in sys.modules,
+                              "codes": "protocol.codes" in sys.modules,
+                              "subscribers": sorted(e.base for e in node.subs.entries),
+                              "rx_bad": node.rx_bad, "published": node.published,
+                              "dropped": node.dropped, "time_base": node.time_base}))
+'''
+
+
+@pytest.mark.parametrize("batch_ms", [0, 200])
+def test_udp_node_boots_and_runs_without_protocol_cbor(micropython, tmp_path, batch_ms):
+    # firmware.node with the unix HAL: boot, publish every value type (int, float, bool,
+    # text, map), EVENT or BATCH, read ANNOUNCEs from the discovery socket: protocol.cbor
+    # (and protocol.messages) are never imported
+    import json
+    import socket
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests" / "dual"))
+    from spec_vectors import load
+
+    # the ANNOUNCE vectors, "base-a" moved from port 5684 (a base station's) to 10
+    anns = [raw.hex().replace("191634", "0a", 1) for name, raw in load().items()
+            if name.startswith("announce")]
+    assert len(anns) >= 2
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    cfg = {"node": 12, "bases": [["127.0.0.1", 9]], "batch_ms": batch_ms,
+           "discovery": {"port": port, "bind": "127.0.0.1"},
+           "sensors": [{"topic": "n", "kind": "counter", "period_ms": 20},
+                       {"topic": "sensors/a/temp", "kind": "sine", "period_ms": 30},
+                       {"topic": "imu", "kind": "imu", "period_ms": 40},
+                       {"topic": "flag", "kind": "constant", "period_ms": 50, "value": True},
+                       {"topic": "txt", "kind": "constant", "period_ms": 60, "value": "on"}]}
+    (flash / "node.json").write_text(json.dumps(cfg))
+    script = tmp_path / "boot.py"
+    script.write_text(BOOT_SCRIPT)
+    proc = subprocess.run([micropython, str(script), str(ROOT), str(flash), str(port)] + anns,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert line, proc.stdout + proc.stderr
+    r = json.loads(line[-1][7:])
+    assert r["cbor"] is False and r["messages"] is False and r["codes"] is False, r
+    assert r["subscribers"] == ["base-a", "lab", "static:127.0.0.1:9"], r
+    assert r["rx_bad"] == 1 and r["dropped"] == 0 and r["published"] > 50, r
+    assert r["time_base"] is not None, r     # wall_ms of the first vector

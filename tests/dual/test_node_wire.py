@@ -6,7 +6,7 @@
 # tests/test_dual_on_micropython.py under the MicroPython unix port.
 import sys
 
-from protocol import cbor, codes, messages, nodewire
+from protocol import cbor, cbor_lite, codes, messages, nodewire
 from protocol.auth import Key, verify
 from protocol.messages import Event, Status, Batch, Announce
 from firmware import config
@@ -140,9 +140,9 @@ def test_event_writer_skip_and_views():
 
 def test_parse_announce_checks_like_messages():
     good = Announce("b", "10.0.0.1", 6000, ["a/+", "#"], 5, 30, 1767225600000)
-    assert nodewire.parse_announce(good.encode()) == (
+    assert cbor_lite.parse_announce(good.encode()) == (
         "b", "10.0.0.1", 6000, ["a/+", "#"], 5, 30, 1767225600000)
-    assert nodewire.parse_announce(Event(1, 1, 1, 1, "x", 1).encode()) is None
+    assert cbor_lite.parse_announce(Event(1, 1, 1, 1, "x", 1).encode()) is None
     for bad in (b"", b"\x80", cbor.dumps({"a": 1}), cbor.dumps([4, "b"]),
                 cbor.dumps([0x44, "b", "", 6000, ["#"], 0, 30, None]),
                 cbor.dumps([4, "", "", 6000, ["#"], 0, 30, None]),
@@ -150,7 +150,7 @@ def test_parse_announce_checks_like_messages():
                 cbor.dumps([4, "b", "", 6000, ["a/#/b"], 0, 30, None]),
                 cbor.dumps([True, "b", "", 6000, ["#"], 0, 30, None])):
         try:
-            nodewire.parse_announce(bad)
+            cbor_lite.parse_announce(bad)
             assert False, bad
         except nodewire.ProtocolError:
             pass
@@ -231,11 +231,15 @@ def test_private_constants_agree_with_codes():
     from firmware import node as node_mod
     assert (nodewire._VERSION, nodewire._KIND_BITS, nodewire._KIND_MASK) == (
         codes.VERSION, codes.KIND_BITS, codes.KIND_MASK)
-    assert (nodewire._KIND_EVENT, nodewire._KIND_STATUS, nodewire._KIND_ANNOUNCE) == (
-        codes.KIND_EVENT, codes.KIND_STATUS, codes.KIND_ANNOUNCE)
+    assert (nodewire._KIND_EVENT, nodewire._KIND_BATCH, nodewire._KIND_STATUS,
+            nodewire._KIND_ANNOUNCE) == (codes.KIND_EVENT, codes.KIND_BATCH, codes.KIND_STATUS,
+                                         codes.KIND_ANNOUNCE)
+    assert (cbor_lite._VERSION, cbor_lite._KIND_BITS, cbor_lite._KIND_MASK,
+            cbor_lite._KIND_ANNOUNCE) == (codes.VERSION, codes.KIND_BITS, codes.KIND_MASK,
+                                          codes.KIND_ANNOUNCE)
     assert nodewire._MAX_DATAGRAM == codes.MAX_DATAGRAM == node_mod._MAX_DATAGRAM
     assert node_mod._MAX_BODY == codes.MAX_DATAGRAM - 9
-    assert node_mod._HEAD_BATCH == messages.head(codes.KIND_BATCH)
+    assert nodewire.head(nodewire._KIND_BATCH) == messages.head(codes.KIND_BATCH)
     assert (node_mod._CAP_UDP, node_mod._CAP_AUTH, node_mod._CAP_TIME, node_mod._CAP_BATCH) == (
         codes.CAP_UDP, codes.CAP_AUTH, codes.CAP_TIME, codes.CAP_BATCH)
     assert node_mod._STATUS_KEYS == (
@@ -243,3 +247,249 @@ def test_private_constants_agree_with_codes():
         codes.CTR_RATE_SHED, codes.CTR_RX_BAD, codes.CTR_SEND_ERRORS)
     assert list(node_mod._STATUS_KEYS) == sorted(node_mod._STATUS_KEYS)
     assert node_mod._BATCH_MAX == config.BATCH_MAX
+
+
+# --- writing without protocol.cbor: values and BATCH --------------------------------------
+
+F32 = 0.10000000149011612      # exact in single precision
+VALUES = [0, 1, 23, 24, 255, 256, 65535, 65536, 4294967295, 4294967296, 18446744073709551615,
+          -1, -24, -25, -256, -257, -65537, -4294967297, -18446744073709551616,
+          0.0, -0.0, 21.5, -21.5, 1.5, 65504.0, 65520.0, 5.960464477539063e-08, 6.0e-08,
+          1e-7, F32, 0.1, 3.4028234663852886e+38, 1e39, 1.401298464324817e-45, 1e-300, 5e-324,
+          float("inf"), float("-inf"), float("nan"),
+          True, False, None, "", "a", "on, 21.5 °C", "x" * 23, "x" * 24, "€" * 100,
+          b"", b"\x00\xff", bytearray(b"raw"), b"y" * 256,
+          {}, {"x": 0.5, "y": -1, "z": 70000}, {"t": 2150, "rh": 4500},
+          {"b": 1, "aa": 2, "a": 3, "é": 4, "z": "text", "n": None, "f": False, "by": b"\x01"},
+          # not EVENT values (protocol.cbor writes these, imported on first use)
+          [1, 2.5, "x"], {"m": {"n": 1}}, {1: "a", 2: "b"}, {"a": [1]}]
+
+
+def test_write_value_is_the_generic_encoding():
+    buf = bytearray(700)
+    for v in VALUES:
+        for p in (0, 3):
+            n = nodewire.write_value(buf, p, v)
+            assert bytes(buf[p:n]) == cbor.dumps(v), (v, bytes(buf[p:n]))
+    assert nodewire.text("temp") == cbor.dumps("temp")
+    assert nodewire.text("é" * 30) == cbor.dumps("é" * 30)
+    for v in (18446744073709551616, -18446744073709551617):
+        try:
+            nodewire.write_value(buf, 0, v)
+            assert False, v
+        except nodewire.EncodeError:
+            pass
+    for v in ("x" * 700, b"x" * 700, {"a": "x" * 700}):   # does not fit: EncodeError
+        try:
+            nodewire.write_value(buf, 0, v)
+            assert False, v
+        except nodewire.EncodeError:
+            pass
+    try:
+        nodewire.write_value(buf, 690, 1)                    # less than 16 bytes left
+        assert False
+    except nodewire.EncodeError:
+        pass
+
+
+def _batch(readings, node=7, epoch=3, seq0=100, skip=0, size=1400):
+    # readings: (t, topic, value) -> the BatchWriter's bytes
+    w = nodewire.BatchWriter(node, epoch, size)
+    w.begin(seq0, readings[0][0], len(readings), skip)
+    for t, topic, value in readings:
+        w.add(t, cbor.dumps(topic), value)
+    n = w.end()
+    assert n == w.length == len(w.view())
+    return bytes(w.view())
+
+
+def test_batch_writer_is_the_generic_encoding_for_every_value_type():
+    readings = []
+    t = 5000
+    for i in range(len(VALUES)):
+        readings.append((t, "s/%d" % (i % 7), VALUES[i]))
+        t += i * 37
+    for skip in (0, 1, 24, 70000):
+        for node, epoch, seq0 in ((7, 3, 100), (4000000000, 70000, 4294967296)):
+            got = _batch(readings, node, epoch, seq0, skip)
+            want = Batch(node, epoch, seq0, readings, skip)
+            assert got == cbor.dumps(want.to_fields()), (skip, node)
+            f = cbor.loads(got)     # null, arrays...: CBOR, not all of them valid readings
+            assert f[0] == codes.KIND_BATCH and f[3] == seq0 and len(f[5]) == 3 * len(readings)
+            assert f[6:] == ([skip] if skip else [])
+    # every count up to the readings array's 2-byte head, one value type each
+    for n in (1, 7, 8, 60):
+        rs = [(1000 + 3 * i, "t", VALUES[i % len(VALUES)]) for i in range(n)]
+        assert _batch(rs, seq0=0) == cbor.dumps(Batch(7, 3, 0, rs).to_fields())
+
+
+def test_batch_writer_refuses_what_does_not_fit():
+    rs = [(1000 + i, "temp/%d" % i, 21.5 + i) for i in range(40)]
+    full = cbor.dumps(Batch(7, 3, 0, rs).to_fields())
+    for size in (len(full), len(full) - 1, 100):
+        try:
+            got = _batch(rs, seq0=0, size=size)
+            assert size == len(full) and got == full, size
+        except nodewire.EncodeError:
+            assert size < len(full), size
+    try:
+        _batch([(0, "t", "x" * 2000)])
+        assert False
+    except nodewire.EncodeError:
+        pass
+    try:   # the skip does not fit
+        _batch(rs, seq0=0, skip=70000, size=len(full) + 2)
+        assert False
+    except nodewire.EncodeError:
+        pass
+
+
+def test_node_batches_with_every_value_type_are_the_generic_encoding():
+    node, hal = _node(SENSORS, batch_ms=300)
+    announce(node, hal, base="f", filters=["wave/#", "flag", "text", "imu"], port=6001)
+    announce(node, hal, base="r", filters=["#"], rate=7, port=6002)
+    run_for(node, hal, 4000)
+    node.finish()
+    types = {}
+    batches = 0
+    for addr, data in hal.sent:
+        assert data == _regenerated(data), (addr, data)
+        m = messages.decode(data)
+        if isinstance(m, Batch):
+            batches += 1
+            for r in m.readings:
+                types[type(r[2]).__name__] = 1
+    assert batches > 30
+    for t in ("int", "float", "bool", "str", "dict"):
+        assert t in types, t
+    assert node.dropped == 0 and node.send_errors == 0
+
+
+def test_node_splits_a_batch_too_big_for_a_datagram():
+    big = "x" * 200
+    sensors = []
+    for i in range(8):
+        sensors.append({"topic": "t%d" % i, "kind": "constant", "period_ms": 50, "value": big})
+    node, hal = _node(sensors, batch_ms=10000)
+    run_for(node, hal, 200)      # 20 readings of ~205 bytes: 1,400 bytes hold 6
+    node.finish()
+    seqs = []
+    for addr, data in hal.sent:
+        assert len(data) <= 1400
+        assert data == _regenerated(data)
+        m = messages.decode(data)
+        if isinstance(m, Batch):
+            seqs.extend(range(m.seq0, m.seq0 + len(m.readings)))
+    assert seqs == list(range(node.published)) and node.dropped == 0
+
+
+# --- reading ANNOUNCE without protocol.cbor -----------------------------------------------
+
+def test_parse_announce_reads_the_spec_vectors():
+    seen = 0
+    for name, raw in load().items():
+        try:
+            m = messages.decode(raw)
+        except messages.ProtocolError:
+            m = None
+        if isinstance(m, Announce):
+            assert cbor_lite.parse_announce(raw) == (m.base, m.host, m.port, list(m.filters),
+                                                    m.max_rate, m.lease, m.wall_ms), name
+            assert cbor_lite.parse_announce(bytearray(raw)) == cbor_lite.parse_announce(raw)
+            assert cbor_lite.parse_announce(memoryview(raw)) == cbor_lite.parse_announce(raw)
+            seen += 1
+        elif m is not None:
+            assert cbor_lite.parse_announce(raw) is None, name    # another kind: ignored
+        else:
+            _refused(raw)
+    assert seen >= 2
+
+
+def _refused(raw):
+    try:
+        cbor_lite.parse_announce(raw)
+    except nodewire.ProtocolError:
+        return
+    assert False, raw
+
+
+# hex: each is refused by protocol.cbor.loads() or by the ANNOUNCE checks
+HOSTILE = [
+    "", "80", "9f", "9fff", "00", "a0", "1b", "88", "881c", "9b0000000000000001",
+    "9bffffffffffffffff04", "82047bffffffffffffffff", "8204", "8220",   # head: negative
+    "8204f5", "82f504", "8218ff", "821820", "8204ff", "82047f", "82047f61ff",
+    "82047f6161", "82047f626161ff", "82047f616140ff", "82045f4161ff",
+    "8204c1", "8204dc00", "8204f818", "8204fc", "82049f", "8204bf61", "8204bf6161ff",
+    "8204a1818080", "8204a1c1a000", "8204a26161", "8204626180", "820461c0", "8204eda080",
+    "8204" + "81" * 15 + "00", "9f04" + "9f" * 20, "8204" + "c1" * 20 + "00",
+    "880461626019177081612300183cf6ff",            # trailing byte
+    "870461626019177081612300183c",                # 6 fields
+    "880461626019177081612300183cf9",              # wall_ms: truncated float
+    "880461626019177081612300183cf93c00",          # wall_ms: a float
+    "880461626019177081612300183c20",              # wall_ms: negative
+    "8804616260191770816123001a00015181f6",        # lease > 86400
+    "88046162601a0001000081612300183cf6",          # port > 65535
+    "8804606019177081612300183cf6",                # empty base
+    "88046162601917709161236123612361236123612361236123612361236123612361236123612361"
+    "23612300183cf6",                                 # 17 filters
+    "88046162601917709f6123612361236123612361236123612361236123612361236123612361236123"
+    "6123ff00183cf6",                                 # 17 filters, indefinite
+    "88046162601917708161a500183cf6",              # a filter that is not UTF-8
+    "8804616260191770816361232f6100183cf6",        # filter "#/a"
+    "88046162601917708181612300183cf6",            # a filter inside an array
+    "8804a06019177081612300183cf6",                # base: a map
+    "890461626019177081612300183cf6c0",            # extra field: a tag without item
+    "890461626019177081612300183cf6a1808080",      # extra field: map with array key
+]
+
+
+def test_parse_announce_refuses_hostile_datagrams():
+    import binascii
+    for h in HOSTILE:
+        _refused(binascii.unhexlify(h))
+    # deep nesting in an extra field: 16 levels with the message's array are accepted,
+    # 17 refused (as protocol.cbor.loads())
+    ok = "890461626019177081612300183cf6"
+    for t in ("81", "c1", "a16161"):
+        assert cbor_lite.parse_announce(binascii.unhexlify(ok + t * 15 + "00"))[0] == "b"
+        _refused(binascii.unhexlify(ok + t * 16 + "00"))
+    # well-formed extras of any type are ignored; other kinds are ignored
+    extra = cbor.dumps([4, "b", "", 6000, ["#"], 0, 30, None, {"k": [1.5, None]},
+                        cbor.Tag(1, 2), -5, b"x", cbor.Simple(99), {1: 2}, "é"])
+    assert cbor_lite.parse_announce(extra) == ("b", "", 6000, ["#"], 0, 30, None)
+    assert cbor_lite.parse_announce(cbor.dumps([9, {"a": [1, 2]}, 1.5])) is None
+    # indefinite-length message, filters and text (any well-formed CBOR is accepted)
+    indef = binascii.unhexlify("9f047f6162ff60191770" "9f7f6123ff612bff" "0000f6ff")
+    assert cbor_lite.parse_announce(indef) == ("b", "", 6000, ["#", "+"], 0, 0, None)
+    # non-preferred heads
+    long = binascii.unhexlify("88" "1804" "7801" "62" "5800" "1a00001770" "8161" "23"
+                              "1b0000000000000000" "1900" "1e" "1b000001a209b53400")
+    long = long.replace(b"\x58\x00", b"\x78\x00")
+    assert cbor_lite.parse_announce(long) == ("b", "", 6000, ["#"], 0, 30, 1795459200000)
+
+
+def test_parse_announce_allocates_little_on_hostile_input():
+    if not _MP:
+        return
+    import binascii
+    import gc
+    worst = 0
+    datagrams = [binascii.unhexlify(h) for h in HOSTILE]
+    datagrams.append(b"\x88\x04\x7f" + b"\x60" * 1300 + b"\xff")           # 1,300 empty chunks
+    datagrams.append(b"\x88\x04\x7f" + b"\x61a" * 450 + b"\xff" + b"\x60\x01\x81\x61#\x00\x00\xf6")
+    datagrams.append(b"\x82\x04\x9b\x00\x00\x00\x00\xff\xff\xff\xff")      # 4 G items declared
+    datagrams.append(b"\x82\x04\x7b\x00\x00\x00\x00\xff\xff\xff\xff")      # 4 GB of text declared
+    for d in datagrams:
+        gc.collect()
+        gc.disable()
+        a = gc.mem_alloc()
+        try:
+            cbor_lite.parse_announce(d)
+        except nodewire.ProtocolError:
+            pass
+        b = gc.mem_alloc()
+        gc.enable()
+        worst = max(worst, b - a - 2 * len(d))
+    # the decoded strings (at most the datagram twice over: bytes, then text), at most 16
+    # filters and an error message with the bad value
+    assert worst <= 3072, worst
