@@ -11,6 +11,15 @@ what was published before our subscription began, under discovery), and lost =
 dropped by the simulator (+ kernel drops, normally 0).
 
 Everything stays on 127.0.0.0/8: the demo never sends to the LAN.
+
+With --chain K the fleet is a serial chain instead (sim.chain.Chain, built as `starling
+sim --chain` builds it): K MicroPython chain nodes on virtual UART wires, the base
+station on the head's pty (a serial-only station: no UDP socket, nothing announced over
+UDP). At the end the nodes are paused (Chain.pause()) and the base is given up to
+--drain-timeout seconds to receive everything they published before the chain stops, so
+that the "chain vs base" counts are final: per node, received == published, nothing
+lost or out of order, and duplicates only after a reboot (a durable outbox replays what
+was not yet acknowledged; the base stores each reading once).
 """
 
 from __future__ import annotations
@@ -21,14 +30,27 @@ import logging
 import shutil
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("starling.demo")
 
 
+EXAMPLES = """\
+examples:
+  starling demo                                  3 MicroPython nodes over UDP, 20 s
+  starling demo --runtime cpython --nodes 50 --rate 100 --loss 0.05 --reboot-every 3
+  starling demo --chain 3                        a serial chain of 3 nodes on virtual wires
+  starling demo --chain 4 --ber 1e-5 --drop 0.001 --cut-every 8 --reboot-every 10
+"""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from base_station.cli import add_station_arguments
+
+    p.epilog = EXAMPLES
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
 
     add_station_arguments(p, udp_default="127.0.0.1:<free port>",
                           discovery_default="127.255.255.255:<free port>")
@@ -50,7 +72,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reorder", type=float, default=0.0, metavar="P")
     g.add_argument("--delay", type=float, default=0.0, metavar="MS")
     g.add_argument("--jitter", type=float, default=0.0, metavar="MS")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seeds the impairments, reboots and cuts")
+    c = p.add_argument_group(
+        "serial chain (instead of the UDP fleet)",
+        "--chain K: K MicroPython chain nodes (firmware/chain.py) on virtual UART wires,\n"
+        "the base station on the head's pty. --rate, --status-every, --reboot-every and\n"
+        "--seed apply to it; the UDP options do not. At the end the nodes are paused,\n"
+        "the base drains what they published, and 'chain vs base' shows per node\n"
+        "published vs received, duplicates and out of order.")
+    c.add_argument("--chain", type=int, default=None, metavar="K",
+                   help="a serial chain of K nodes instead of the UDP fleet (needs micropython)")
+    c.add_argument("--baud", type=int, default=115200, metavar="B", help="line rate (default %(default)s)")
+    c.add_argument("--ber", type=float, default=0.0, metavar="X", help="bit error rate per data bit")
+    c.add_argument("--drop", type=float, default=0.0, metavar="P", help="byte drop probability")
+    c.add_argument("--cut-every", type=float, default=None, metavar="S",
+                   help="cut a random wire every S seconds")
+    c.add_argument("--cut-seconds", type=float, default=2.0, metavar="S",
+                   help="length of a cut (default %(default)s)")
+    c.add_argument("--durable", action=argparse.BooleanOptionalAction, default=True,
+                   help="nodes keep their outbox and forward queue in a flash log (default: on)")
+    c.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
+                   help="at the end, wait at most S seconds for the base to receive everything "
+                        "the paused nodes published (default %(default)s)")
+    # what sim.cli.chain_from_args reads and the demo does not offer
+    p.set_defaults(window=8, serial_link=None, workdir=None, heapsize=None)
 
 
 def _free_udp_port() -> int:
@@ -81,7 +126,154 @@ def compare(station_summary: dict, fleet_summary: dict) -> list[str]:
     return lines
 
 
+def compare_chain(station_summary: dict, chain_summary: dict) -> tuple[list[str], bool]:
+    """Lines comparing the base's accounting with what each chain node published, and
+    whether every node is exact (received == published, nothing lost, no duplicates,
+    nothing out of order)."""
+    lines = []
+    exact = True
+    dups = ooo = 0
+    for node, c in chain_summary["nodes"].items():
+        b = station_summary["nodes"].get(node)
+        if b is None:
+            lines.append("node %s: published %d, nothing received" % (node, c["published"]))
+            exact = False
+            continue
+        hop = (b.get("status") or {}).get("hop")
+        complete = b["received"] == c["published"] and b["lost"] == 0
+        ok = complete and b["duplicates"] == 0 and b["out_of_order"] == 0
+        exact = exact and ok
+        dups += b["duplicates"]
+        ooo += b["out_of_order"]
+        lines.append(
+            "node %s (hop %s): published %d | received %d, duplicates %d, out of order %d, "
+            "lost %d | forwarded %d, dead letters %d, boots %d  %s" % (
+                node, "-" if hop is None else hop, c["published"], b["received"],
+                b["duplicates"], b["out_of_order"], b["lost"], c["forwarded"],
+                c["dead_letter"], c["boots"],
+                "exact" if ok else "all received" if complete else "NOT EXACT"))
+    if dups:
+        lines.append("duplicates: copies the base already had (a durable queue replays what "
+                     "was not yet acknowledged after a reboot); each reading is stored once")
+    if ooo:
+        lines.append("out of order: events that arrived after a later one of the same node "
+                     "(the chain delivers in order: this points at a fault)")
+    return lines, exact
+
+
+def _received(station, published: dict[int, int]) -> bool:
+    nodes = station.summary()["nodes"]
+    return all(nodes.get(str(n), {}).get("received", 0) >= count
+               for n, count in published.items())
+
+
+def _final_status(station, published: dict[int, int]) -> bool:
+    for n in published:
+        acct = station.nodes.get(n)
+        if acct is None or acct.status is None or acct.current is None:
+            return False
+        if acct.status.last_seq != acct.current.next - 1:
+            return False
+    return True
+
+
+def run_chain(args: argparse.Namespace) -> int:
+    """`starling demo --chain K`: a sim.chain.Chain and a serial-only base on its head."""
+    from base_station.cli import _setup_logging, build_station, finish, serve
+
+    _setup_logging(args.verbose)
+    udp_only = [name for name, given in (
+        ("--udp", args.udp), ("--serial", args.serial), ("--discovery", args.discovery),
+        ("--static", args.static), ("--loss", args.loss), ("--dup", args.dup),
+        ("--reorder", args.reorder), ("--delay", args.delay), ("--jitter", args.jitter),
+        ("--batch-ms", args.batch_ms), ("--runtime cpython", args.runtime == "cpython")) if given]
+    if udp_only:
+        print("starling demo: %s: not with --chain (the chain's nodes are MicroPython processes "
+              "on serial wires)" % ", ".join(udp_only), file=sys.stderr)
+        return 2
+    try:
+        from sim.cli import chain_from_args
+        from sim.fleet import micropython_command
+        micropython_command()
+        chain = chain_from_args(args)
+    except ImportError as e:
+        print("starling demo: the simulator is not available (%s)" % e, file=sys.stderr)
+        return 2
+    except (RuntimeError, ValueError) as e:
+        print("starling demo: %s" % e, file=sys.stderr)
+        return 2
+    duration = args.duration
+    args.duration = None          # the chain task decides when to stop
+    result: dict[str, Any] = {}
+
+    async def chain_task(station) -> None:
+        try:
+            await asyncio.sleep(duration)
+            try:
+                published = await chain.pause()
+            except RuntimeError as e:       # a node did not report its count
+                result["error"] = str(e)
+                return
+            deadline = time.monotonic() + args.drain_timeout
+            while not _received(station, published) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            result["drained"] = _received(station, published)
+            # a STATUS sent after the last event, so the base's counters are final too
+            deadline = time.monotonic() + 2.0 + 3 * args.status_every / 1000
+            while not _final_status(station, published) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        finally:
+            # stop the base's head before the chain closes the wires under it
+            loop = asyncio.get_running_loop()
+            for head in station.heads:
+                await loop.run_in_executor(None, head.stop)
+            result["chain"] = await chain.stop()
+
+    async def main() -> dict:
+        try:
+            await chain.start()
+            print("starling demo: chain of %d nodes up at %d Bd%s%s" % (
+                chain.k, chain.baud, ", ber %g" % chain.ber if chain.ber else "",
+                ", drop %g" % chain.drop if chain.drop else ""), file=out, flush=True)
+            args.serial = [(chain.head_path, chain.baud)]
+            station = build_station(args, base_id=args.base_id or "starling-demo")
+            return await serve(station, args, lambda: chain_task(station))
+        finally:
+            if "chain" not in result:
+                result["chain"] = await chain.stop()
+
+    out = sys.stderr if args.jsonl == "-" else sys.stdout
+    try:
+        summary = asyncio.run(main())
+    except (OSError, RuntimeError, ValueError) as e:
+        print("starling demo: %s" % e, file=sys.stderr)
+        return 1
+    summary["chain"] = result["chain"]
+    summary["chain"]["drained"] = result.get("drained", False)
+    finish(summary, args)
+    c = result["chain"]
+    print("\nchain vs base (%d nodes at %d Bd, ber %g, drop %g, %s, %d reboots, %d cuts):" % (
+        c["chain"], c["baud"], c["ber"], c["drop"], "durable" if c["durable"] else "not durable",
+        c["reboots"], len(c["cuts"])), file=out)
+    lines, _ = compare_chain(summary, c)
+    for line in lines:
+        print("  " + line, file=out)
+    if "error" in result:
+        print("  (%s: the counts are not final)" % result["error"], file=out)
+    elif "drained" not in result:
+        print("  (stopped before the end: the nodes were not paused and drained, so the counts "
+              "are not final)", file=out)
+    elif not result["drained"]:
+        print("  (the base had not received everything %g s after the pause)" % args.drain_timeout,
+              file=out)
+    if not args.no_db:
+        print("\nreadings stored in %s" % Path(args.db).resolve(), file=out)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.chain is not None:
+        return run_chain(args)
     try:
         from sim.fleet import Fleet
     except ImportError as e:
