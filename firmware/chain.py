@@ -760,15 +760,26 @@ class ChainNode:
             codes.CTR_FORWARDED: self.forwarded,
         }
 
-    def status(self):
-        last = self.next_seq - 1 if self.next_seq else None
+    def status(self, final=False):
+        # last_seq is the newest own event handed to the upstream link, not the newest
+        # published: this STATUS enters the link after those and overtakes only events
+        # still waiting in the outbox (after a cut, say), which the base must not count
+        # as lost and then as out of order. The last STATUS of a node whose outbox is in
+        # RAM declares everything published: what has not gone up by then is lost.
+        own = self.own
+        if final and self.log is None:
+            last = self.next_seq - 1 if self.next_seq else None
+        elif own.offered_epoch == self.epoch:
+            last = own.offered_seq
+        else:
+            last = None
         caps = self.caps | (codes.CAP_TIME if self.time_base is not None else 0)
         return messages.Status(self.node_id, self.epoch, last, 0, 0, self.uptime, self.time_base,
                                self.cfg.firmware, caps, self.counters(), self.hop)
 
-    def queue_status(self):
+    def queue_status(self, final=False):
         # our STATUS goes up before anything else; a newer one replaces a waiting one
-        self._status = self.status().encode()
+        self._status = self.status(final).encode()
 
     def _sample_mem(self, boot):
         self._next_mem = self.uptime + _MEM_EVERY
@@ -836,6 +847,11 @@ class ChainNode:
         self.stopping = True
         if self.cfg.stop_drain_ms and self.up_link.up:
             self._wait(self.idle, self.cfg.stop_drain_ms)
+            if self.log is None and self.own.live:
+                # a RAM outbox loses what is still in it: a last STATUS declaring every
+                # published seq lets the base count that loss exactly
+                self.queue_status(True)
+                self._wait(self.idle, min(self.cfg.stop_drain_ms, 1000))
         self.sync()
         self.done = True
 

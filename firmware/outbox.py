@@ -143,6 +143,8 @@ class Queue:
         self.refused = 0
         self.dropped = 0
         self.evicted = 0
+        self.offered_epoch = -1       # (epoch, seq) of the newest entry handed to the link
+        self.offered_seq = 0
 
     # --- adding ------------------------------------------------------------------------
     def room(self, size):
@@ -229,6 +231,8 @@ class Queue:
             self.bytes -= len(self._msg[i])
             self._msg[i] = None
         self._st[i] = OFFERED | (min((self._st[i] >> 2) + 1, 0x3FFF) << 2)
+        self.offered_epoch = self._epoch[i]
+        self.offered_seq = self._seq[i]
         self.w += 1
 
     # --- completion --------------------------------------------------------------------

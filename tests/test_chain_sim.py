@@ -41,6 +41,7 @@ class Head:
         self.seen: set[tuple[int, int, int]] = set()
         self.order: dict[int, list[tuple[int, int]]] = {}
         self.dups = 0
+        self.received: list[bytes] = []          # every message, in arrival order
         self.statuses: list[messages.Status] = []
         self.deadletters: list[messages.DeadLetter] = []
         self.error: BaseException | None = None
@@ -68,6 +69,7 @@ class Head:
                 self.error = e
 
     def _take(self, data: bytes) -> None:
+        self.received.append(bytes(data))
         m = messages.decode(data)
         if isinstance(m, messages.Event):
             evs = [m]
@@ -115,6 +117,17 @@ def check_delivery(head: Head, published: dict[int, int], summary: dict) -> None
         for e, seqs in by_epoch.items():
             assert seqs == list(range(len(seqs))), (nid, e)
         assert s["dead_letter"] == 0, (nid, s)
+    # the base station's accounting of the same messages in arrival order (events and
+    # STATUS): nothing lost or out of order, and duplicates are only what the head saw
+    # (a rebooted node's durable replay), which the station keeps out of its sinks
+    from base_station.station import BaseStation
+    station = BaseStation(udp=[], announce=False)
+    for data in head.received:
+        station.ingest(data, "serial:test")
+    for nid, n in published.items():
+        t = station.nodes[nid].totals()
+        assert (t["received"], t["lost"], t["out_of_order"]) == (n, 0, 0), (nid, t)
+    assert sum(station.nodes[nid].totals()["duplicates"] for nid in published) == head.dups
 
 
 async def wait_for(cond, timeout: float) -> bool:
