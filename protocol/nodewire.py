@@ -337,15 +337,28 @@ class EventWriter(_Views):
         tb = self._topics.get(topic)
         if tb is None:
             tb = self._topic(topic)
-        self.body(seq, t, tb, value)
-        return self.set_skip(skip)
+        p = self.body(seq, t, tb, value)
+        if skip:
+            return self.set_skip(skip)
+        return p   # body() wrote the no-skip head and length
 
     def body(self, seq, t, tb, value):
         """Write an EVENT without skip, its topic already encoded (`tb`, CBOR text);
         return its length. set_skip() then gives the same body another skip."""
         buf = self.buffer
         buf[0] = 0x87
-        p = _put_uint(buf, _put_uint(buf, self._start, seq), t)
+        s = self._start
+        if 65536 <= t < 4294967296 and 256 <= seq < 4294967296:
+            # the steady state (a minute after boot, past the 256th event): both heads
+            # in one call, uint16 or uint32 seq then uint32 t
+            if seq < 65536:
+                _pack_into(">BHBI", buf, s, 25, seq, 26, t)
+                p = s + 8
+            else:
+                _pack_into(">BIBI", buf, s, 26, seq, 26, t)
+                p = s + 10
+        else:
+            p = _put_uint(buf, _put_uint(buf, s, seq), t)
         e = p + len(tb)
         self._mv[p:e] = tb
         if type(value) is float:
