@@ -27,3 +27,31 @@ class Lcg:
                 b = 0
             out[i] = b
         return bytes(out)
+
+
+class DictFlash:
+    # A dict as a board's flash, for firmware code that takes a HAL: every append and
+    # atomic write is committed at once (littlefs does so on close).
+    def __init__(self, files=None):
+        self.files = {} if files is None else files
+        self.appends = 0
+        self.renames = 0
+        self.logs = []
+
+    def read_file(self, name):
+        return self.files.get(name)
+
+    def write_file_atomic(self, name, data):
+        self.files[name] = bytes(data)
+        self.renames += 1
+
+    def append_file(self, name, data):
+        self.files[name] = self.files.get(name, b"") + bytes(data)
+        self.appends += 1
+
+    def remove_file(self, name):
+        if name in self.files:
+            del self.files[name]
+
+    def log(self, msg):
+        self.logs.append(msg)

@@ -7,25 +7,16 @@ from protocol.framing import FrameDecoder, encode_frame
 from protocol.link import Link
 from firmware import config
 from firmware.chain import ChainNode
+from dual_helpers import DictFlash, Lcg as BaseLcg
 
 _MASK = (1 << 30) - 1   # a board's ticks_ms period
 _HALF = 1 << 29
 
 
-class Lcg:
-    # deterministic pseudo-random numbers, identical on both interpreters
+class Lcg(BaseLcg):
+    # the shared generator, seeds spread apart
     def __init__(self, seed):
-        self.x = (seed * 2654435761 + 12345) & 0x7FFFFFFF
-
-    def next(self):
-        self.x = (self.x * 1103515245 + 12345) & 0x7FFFFFFF
-        return self.x >> 8
-
-    def below(self, n):
-        return self.next() % n if n > 0 else 0
-
-    def u32(self):
-        return ((self.next() & 0xFFFF) << 16) | (self.next() & 0xFFFF)
+        BaseLcg.__init__(self, seed * 2654435761 + 12345)
 
 
 class Pipe:
@@ -133,17 +124,14 @@ class Clock:
         return (self.us // 1000 + self.base_ms) & _MASK
 
 
-class FakeHal:
+class FakeHal(DictFlash):
     """A board-like HAL: wrapping ticks from the world's clock, a dict as flash (each
     append_file / write_file_atomic is committed at once, as littlefs does on close)."""
 
     def __init__(self, world, files=None):
+        DictFlash.__init__(self, files)
         self.world = world
-        self.files = {} if files is None else files
-        self.logs = []
         self.commands = []
-        self.appends = 0
-        self.renames = 0
         self.node = None
 
     def ticks_ms(self):
@@ -155,29 +143,11 @@ class FakeHal:
     def wall_ms(self):
         return None
 
-    def read_file(self, name):
-        return self.files.get(name)
-
-    def write_file_atomic(self, name, data):
-        self.files[name] = bytes(data)
-        self.renames += 1
-
-    def append_file(self, name, data):
-        self.files[name] = self.files.get(name, b"") + bytes(data)
-        self.appends += 1
-
-    def remove_file(self, name):
-        if name in self.files:
-            del self.files[name]
-
     def free_mem(self):
         return 0
 
     def mem_alloc(self):
         return 0
-
-    def log(self, msg):
-        self.logs.append(msg)
 
     def wait_readable(self, ms):
         # this node blocks (publish(wait=True), finish()): the rest of the world runs on

@@ -2,35 +2,12 @@
 # (batched appends and cursor writes, replay, compaction, torn records) on a fake flash,
 # and the dead-letter list.
 from protocol import messages
+from dual_helpers import DictFlash
 from firmware.outbox import (Queue, Log, DeadLetters, OutboxError, pdiff, Q_OWN, Q_FWD,
                              KIND_OWN, KIND_FWD, SEG_WRAP)
 
 
-class Flash:
-    # a dict as flash; every append / rename is committed at once (littlefs on close)
-    def __init__(self, files=None):
-        self.files = {} if files is None else files
-        self.appends = 0
-        self.renames = 0
-        self.logs = []
-
-    def read_file(self, name):
-        return self.files.get(name)
-
-    def write_file_atomic(self, name, data):
-        self.files[name] = bytes(data)
-        self.renames += 1
-
-    def append_file(self, name, data):
-        self.files[name] = self.files.get(name, b"") + bytes(data)
-        self.appends += 1
-
-    def remove_file(self, name):
-        if name in self.files:
-            del self.files[name]
-
-    def log(self, msg):
-        self.logs.append(msg)
+Flash = DictFlash   # a dict as flash; appends and renames commit at once
 
 
 def td(a, b):
