@@ -48,6 +48,7 @@ examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from base_station.cli import add_station_arguments
+    from sim.cli import add_chain_arguments
 
     p.epilog = EXAMPLES
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -80,17 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--seed apply to it; the UDP options do not. At the end the nodes are paused,\n"
         "the base drains what they published, and 'chain vs base' shows per node\n"
         "published vs received, duplicates and out of order.")
-    c.add_argument("--chain", type=int, default=None, metavar="K",
-                   help="a serial chain of K nodes instead of the UDP fleet (needs micropython)")
-    c.add_argument("--baud", type=int, default=115200, metavar="B", help="line rate (default %(default)s)")
-    c.add_argument("--ber", type=float, default=0.0, metavar="X", help="bit error rate per data bit")
-    c.add_argument("--drop", type=float, default=0.0, metavar="P", help="byte drop probability")
-    c.add_argument("--cut-every", type=float, default=None, metavar="S",
-                   help="cut a random wire every S seconds")
-    c.add_argument("--cut-seconds", type=float, default=2.0, metavar="S",
-                   help="length of a cut (default %(default)s)")
-    c.add_argument("--durable", action=argparse.BooleanOptionalAction, default=True,
-                   help="nodes keep their outbox and forward queue in a flash log (default: on)")
+    add_chain_arguments(c)
     c.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
                    help="at the end, wait at most S seconds for the base to receive everything "
                         "the paused nodes published (default %(default)s)")

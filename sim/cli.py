@@ -101,7 +101,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     i.add_argument("--jitter", type=_positive, default=0.0, metavar="MS", help="extra uniform delay 0..MS")
     i.add_argument("--impair-status", action="store_true", help="also drop/dup/reorder STATUS (breaks exact accounting)")
     i.add_argument("--seed", type=int, default=0, help="RNG seed for relays and reboots")
-    c = parser.add_argument_group("serial chain (instead of a UDP fleet)")
+    c = add_chain_arguments(parser.add_argument_group("serial chain (instead of a UDP fleet)"))
+    c.add_argument("--serial-link", default=None, metavar="PATH",
+                   help="symlink to the head's pty (for starling listen --serial PATH)")
+    c.add_argument("--window", type=int, default=8, metavar="N", help="link window (default 8)")
+    parser.add_argument("--summary-json", default=None, metavar="PATH", help="write the summary here")
+
+
+def add_chain_arguments(c):
+    """The chain's options (`starling sim --chain`, `starling demo --chain`), into the
+    argument group `c`; returns it. chain_from_args() reads them."""
     c.add_argument("--chain", type=int, default=None, metavar="K",
                    help="run K chain nodes on virtual UART wires (sim.chain)")
     c.add_argument("--baud", type=int, default=115200, metavar="B", help="line rate (default 115200)")
@@ -110,12 +119,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--cut-every", type=_positive, default=None, metavar="S",
                    help="cut a random wire every S seconds")
     c.add_argument("--cut-seconds", type=_positive, default=2.0, metavar="S", help="length of a cut (default 2)")
-    c.add_argument("--serial-link", default=None, metavar="PATH",
-                   help="symlink to the head's pty (for starling listen --serial PATH)")
     c.add_argument("--durable", action=argparse.BooleanOptionalAction, default=True,
-                   help="nodes keep their outbox in a flash log (default: on)")
-    c.add_argument("--window", type=int, default=8, metavar="N", help="link window (default 8)")
-    parser.add_argument("--summary-json", default=None, metavar="PATH", help="write the summary here")
+                   help="nodes keep their outbox and forward queue in a flash log (default: on)")
+    return c
 
 
 def fleet_from_args(args: argparse.Namespace) -> Fleet:

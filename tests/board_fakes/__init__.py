@@ -25,3 +25,25 @@ def install(port="esp32", chip=None, ssid="lab", password="secret"):
     ntptime.configure(clk)
     net.configure(clk)
     return clk
+
+
+_flash_n = [0]
+
+
+def flash_dir(prefix, node_json=None):
+    # An empty host directory standing in for a board's littlefs (optionally holding
+    # node.json), one per call; reused by the next run after being emptied, one set
+    # per interpreter.
+    import os
+    import json
+    _flash_n[0] += 1
+    d = "/tmp/starling-%s-%s-%d" % (prefix, sys.implementation.name, _flash_n[0])
+    try:
+        os.mkdir(d)
+    except OSError:
+        for name in os.listdir(d):
+            os.remove(d + "/" + name)
+    if node_json is not None:
+        with open(d + "/node.json", "w") as f:
+            f.write(json.dumps(node_json))
+    return d

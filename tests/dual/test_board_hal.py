@@ -29,20 +29,10 @@ import os   # noqa: E402
 BASE = ("192.168.4.2", 5684)
 PICO_W = "Raspberry Pi Pico W with RP2040"
 PICO = "Raspberry Pi Pico with RP2040"
-_flash_n = [0]
 
 
 def _flash():
-    # an empty directory standing in for the board's littlefs
-    # reused by the next run (emptied first), one set per interpreter
-    _flash_n[0] += 1
-    d = "/tmp/starling-board-hal-%s-%d" % (sys.implementation.name, _flash_n[0])
-    try:
-        os.mkdir(d)
-    except OSError:
-        for name in os.listdir(d):
-            os.remove(d + "/" + name)
-    return d
+    return board_fakes.flash_dir("board-hal")
 
 
 class Cfg:

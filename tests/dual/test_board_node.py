@@ -30,22 +30,10 @@ BASE = ("192.168.4.2", 5684)
 PICO = "Raspberry Pi Pico with RP2040"
 PICO_W = "Raspberry Pi Pico W with RP2040"
 NTP_MS = 1767225600 * 1000          # ntptime fake's unix_now, in ms
-_flash_n = [0]
 
 
 def _flash(node_json=None):
-    # an empty directory standing in for the board's littlefs, with node.json
-    _flash_n[0] += 1
-    d = "/tmp/starling-board-node-%s-%d" % (sys.implementation.name, _flash_n[0])
-    try:
-        os.mkdir(d)
-    except OSError:
-        for name in os.listdir(d):
-            os.remove(d + "/" + name)
-    if node_json is not None:
-        with open(d + "/node.json", "w") as f:
-            f.write(json.dumps(node_json))
-    return d
+    return board_fakes.flash_dir("board-node", node_json)
 
 
 def _esp(flash, chip="ESP32"):
