@@ -23,6 +23,7 @@ import time
 from typing import Any, Callable
 
 from protocol import codes
+from base_station.listener import RCVBUF
 
 log = logging.getLogger("starling.cli")
 
@@ -102,7 +103,7 @@ def add_station_arguments(p: argparse.ArgumentParser, udp_default: str = "0.0.0.
                    help="subscription lease in seconds (re-announced every lease/3, at most 5 s apart)")
     g.add_argument("--max-datagram", type=int, default=codes.MAX_DATAGRAM, metavar="BYTES",
                    help="reject bigger datagrams as oversize (default %(default)s)")
-    g.add_argument("--rcvbuf", type=_positive_int, default=4 * 1024 * 1024, metavar="BYTES",
+    g.add_argument("--rcvbuf", type=_positive_int, default=RCVBUF, metavar="BYTES",
                    help="UDP receive buffer to ask for (default %(default)s; the kernel grants "
                         "twice that, capped by net.core.rmem_max without CAP_NET_ADMIN); "
                         "high-rate stations: 33554432")

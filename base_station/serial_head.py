@@ -150,8 +150,8 @@ class SerialHead:
         baud: line rate (ignored by ptys and loop://).
         window: link window (frames in flight and frames buffered, 1..64).
         announce_every: seconds between ANNOUNCEs while the link is up (one is sent
-            when it comes up); None: never announce. Default: the station's lease/3,
-            or never without a station.
+            when it comes up); None: never announce. Default: the station's
+            announce_every (lease/3, at most 5 s), or never without a station.
         reopen_interval: seconds between attempts to (re)open the port.
         write_timeout: seconds a port write may block.
         on_message: callable(message_bytes) called on the head's thread for every
@@ -170,7 +170,7 @@ class SerialHead:
         self.name = name or port
         self.source = "serial:%s" % port
         if isinstance(announce_every, str):   # "auto"
-            announce_every = station.lease / 3 if station is not None else None
+            announce_every = station.announce_every if station is not None else None
         self.announce_every: float | None = announce_every
         self.reopen_interval = reopen_interval
         self.write_timeout = write_timeout

@@ -37,7 +37,7 @@ import subprocess
 import sys
 import threading
 import time
-from itertools import chain, repeat
+from itertools import chain
 from pathlib import Path
 from typing import IO, Any, Iterable
 
@@ -98,7 +98,6 @@ _SHAPE_UNTIMED = (7, "(?, ?, ?, ?, ?, NULL, ?, ?, NULL)")  # plain value, time u
 _SHAPE_GENERAL = (9, "(?, ?, ?, ?, ?, ?, ?, ?, ?)")        # anything (vtype set, clamped ...)
 _STATEMENTS = {shape: (shape[0], _insert_sql(shape[1], 1), _insert_sql(shape[1], _MULTI))
                for shape in (_SHAPE_TIMED, _SHAPE_UNTIMED, _SHAPE_GENERAL)}
-_INSERT_READING = _STATEMENTS[_SHAPE_GENERAL][1]
 _INSERT_STATUS = "INSERT INTO statuses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
@@ -282,11 +281,6 @@ def _insert(db: sqlite3.Connection, statement: tuple, rows: list[tuple]) -> None
         db.executemany(one, rows[full:])
 
 
-def insert_rows(db: sqlite3.Connection, rows: list[tuple]) -> None:
-    """INSERT OR IGNORE readings rows of all 9 columns (as _general_rows makes them)."""
-    _insert(db, _STATEMENTS[_SHAPE_GENERAL], rows)
-
-
 def decode_value(value: Any, vtype: str | None) -> Any:
     """A readings row's (value, vtype) back to the reading's value."""
     if vtype is None:
@@ -327,10 +321,12 @@ def open_db(path: str, topic_index: bool | None = None) -> sqlite3.Connection:
     return db
 
 
-def _chunks(items: list, counts: list[int], rows: int) -> Iterable[list]:
-    """Split pending items into lists of about `rows` readings (whole items)."""
-    if len(items) <= rows and sum(counts) <= rows:
-        yield items
+def _chunks(items: list, counts: list[int], rows: int) -> Iterable[tuple[list, int]]:
+    """Split pending items into lists of about `rows` readings (whole items), each with
+    its number of readings."""
+    total = sum(counts)
+    if len(items) <= rows and total <= rows:
+        yield items, total
         return
     chunk: list = []
     n = 0
@@ -338,10 +334,10 @@ def _chunks(items: list, counts: list[int], rows: int) -> Iterable[list]:
         chunk.append(item)
         n += k
         if n >= rows:
-            yield chunk
+            yield chunk, n
             chunk, n = [], 0
     if chunk:
-        yield chunk
+        yield chunk, n
 
 
 class _Writer:
@@ -352,14 +348,15 @@ class _Writer:
         self.path = path
         self.db = open_db(path, topic_index)
 
-    def write(self, items: list, statuses: list[tuple]) -> tuple[int, int, str | None]:
-        """One transaction. Returns (readings written, readings dropped, error or None)."""
+    def write(self, items: list, n: int, statuses: list[tuple]) -> tuple[int, int, str | None]:
+        """One transaction of the `n` readings in `items`. Returns (readings written,
+        readings dropped, error or None)."""
         rows = _Rows()
         try:
             for item in items:
                 rows.add(item)
         except Exception as e:   # cannot happen with what SQLiteSink queues; never fatal
-            return 0, len(rows), "cannot build rows: %r" % (e,)
+            return 0, n, "cannot build rows: %r" % (e,)
         try:
             with self.db:
                 if rows:
@@ -402,8 +399,8 @@ def _writer_main(path: str) -> None:
         if not raw:
             break
         try:
-            msg = marshal.loads(raw)
-            reply.send(w.write(*msg))
+            items, n, statuses = marshal.loads(raw)
+            reply.send(w.write(items, n, statuses))
         except Exception as e:   # keep serving: the sink counts the batch as dropped
             reply.send((0, -1, "writer failed: %r" % (e,)))
     w.close()
@@ -587,10 +584,10 @@ class SQLiteSink(Sink):
                 self._pending = 0
                 gen = self._requested
                 stop = self._stop
-            for chunk in _chunks(items, counts, self.flush_rows):
+            for chunk, n in _chunks(items, counts, self.flush_rows):
                 # one transaction per chunk: bounds the time the GIL is held to build or
                 # marshal rows, so the receive loop is never stalled for long
-                written, dropped, err = self._ship(chunk, statuses)
+                written, dropped, err = self._ship(chunk, n, statuses)
                 statuses = []
                 with self._lock:
                     self.written += written
@@ -601,34 +598,26 @@ class SQLiteSink(Sink):
                 if err:
                     log.error("sqlite %s: %s", self.path, err)
             if statuses:
-                self._ship([], statuses)
+                self._ship([], 0, statuses)
             with self._lock:
                 self._done = gen
                 self._wake.notify_all()
             if stop:
                 return
 
-    def _ship(self, items: list, statuses: list[tuple]) -> tuple[int, int, str | None]:
+    def _ship(self, items: list, n: int, statuses: list[tuple]) -> tuple[int, int, str | None]:
         if self._writer is not None:
-            return self._writer.write(items, statuses)
+            return self._writer.write(items, n, statuses)
         try:
-            self._data.send_bytes(marshal.dumps((items, statuses)))
+            self._data.send_bytes(marshal.dumps((items, n, statuses)))
             reply = self._reply.recv()
-        except (OSError, EOFError, ValueError) as e:
-            return 0, _count(items), "writer process gone: %s" % (e,)
+        except (OSError, EOFError) as e:
+            return 0, n, "writer process gone: %s" % (e,)
+        except ValueError as e:   # marshal: a value it cannot carry (none that the wire has)
+            return 0, n, "cannot hand readings to the writer process: %s" % (e,)
         if reply[1] < 0:
-            return 0, _count(items), reply[2]
+            return 0, n, reply[2]
         return reply
-
-
-def _count(items: list) -> int:
-    """Readings in pending items."""
-    n = 0
-    for item in items:
-        if type(item) is bytes:
-            item = marshal.loads(item)
-        n += 1 if type(item[3]) is int else len(item[3])
-    return n
 
 
 # -- text sinks --------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from protocol.topics import topic_matches, valid_filter
 
 from base_station import wire
 from base_station.accounting import (ALL, KEEP_EPOCHS, LAST_TOPICS, MAX_HOLES, NodeAccount)
-from base_station.listener import Announcer, UdpListener
+from base_station.listener import RCVBUF, Announcer, UdpListener
 from base_station.records import Block, Reading
 from base_station.sinks import Sink, _json_default
 
@@ -242,7 +242,7 @@ class BaseStation:
                  max_rate: int = 0, lease: int = DEFAULT_LEASE,
                  keys: dict[int, auth.Key] | None = None, sinks: Iterable[Sink] = (),
                  max_datagram: int = codes.MAX_DATAGRAM, max_holes: int = MAX_HOLES,
-                 keep_epochs: int = KEEP_EPOCHS, rcvbuf: int = 4 * 1024 * 1024,
+                 keep_epochs: int = KEEP_EPOCHS, rcvbuf: int = RCVBUF,
                  clock: Callable[[], float] = time.time):
         self.udp = list(udp)
         self.discovery = list(discovery)
@@ -357,8 +357,7 @@ class BaseStation:
             try:
                 sink.tick()
             except Exception as e:
-                self.counters["sink_errors"] += 1
-                self._log(logging.ERROR, ("sink", sink.name), "sink %s: %s", sink.name, e)
+                self._sink_failed(sink, e)
 
     def flush(self) -> None:
         """Write everything the sinks hold (blocking; for tests and shutdown)."""
@@ -614,10 +613,7 @@ class BaseStation:
             s = acct.stream(epoch)
             if s is None:
                 return
-        if seq == s.next and not skip and s.start is not None:
-            s.next = seq + 1                         # EpochStream.add's in-order path, inlined
-            s.received += 1
-        elif s.add(seq, 1, skip) is not ALL:
+        if s.add(seq, 1, skip) is not ALL:
             return                                   # a duplicate, or too late
         if s.next == seq + 1:
             last = acct.last
@@ -631,19 +627,10 @@ class BaseStation:
             try:
                 sink.write_event(node, epoch, seq, t, topic, value, tb, arrival)
             except Exception as e:
-                self.counters["sink_errors"] += 1
-                self._log(logging.ERROR, ("sink", sink.name), "sink %s: %s", sink.name, e)
+                self._sink_failed(sink, e)
         if self._subs:
-            r = Reading(node, epoch, seq, topic, value, t,
-                        None if tb is None else (tb + t) / 1000.0, arrival)
-            for sub in self._subs:
-                if sub.matches(topic):
-                    try:
-                        sub.push(r)
-                    except Exception as e:
-                        self.counters["callback_errors"] += 1
-                        self._log(logging.ERROR, ("callback", id(sub)),
-                                  "reading callback failed: %r", e)
+            self._push(Reading(node, epoch, seq, topic, value, t,
+                               None if tb is None else (tb + t) / 1000.0, arrival))
 
     def _batch(self, b: Batch, source: Any, arrival: float) -> None:
         acct = self.nodes.get(b.node)
@@ -694,8 +681,7 @@ class BaseStation:
             try:
                 sink.write_status(st.node, st, arrival)
             except Exception as e:
-                self.counters["sink_errors"] += 1
-                self._log(logging.ERROR, ("sink", sink.name), "sink %s: %s", sink.name, e)
+                self._sink_failed(sink, e)
 
     def _deliver(self, block: Block) -> None:
         self.counters["readings"] += len(block.ts)
@@ -703,18 +689,25 @@ class BaseStation:
             try:
                 sink.write_block(block)
             except Exception as e:
-                self.counters["sink_errors"] += 1
-                self._log(logging.ERROR, ("sink", sink.name), "sink %s: %s", sink.name, e)
+                self._sink_failed(sink, e)
         if self._subs:
             for r in block.records():
-                for sub in self._subs:
-                    if sub.matches(r.topic):
-                        try:
-                            sub.push(r)
-                        except Exception as e:
-                            self.counters["callback_errors"] += 1
-                            self._log(logging.ERROR, ("callback", id(sub)),
-                                      "reading callback failed: %r", e)
+                self._push(r)
+
+    def _sink_failed(self, sink: Sink, e: Exception) -> None:
+        self.counters["sink_errors"] += 1
+        self._log(logging.ERROR, ("sink", sink.name), "sink %s: %s", sink.name, e)
+
+    def _push(self, r: Reading) -> None:
+        """One reading to every subscription whose filter matches its topic."""
+        for sub in self._subs:
+            if sub.matches(r.topic):
+                try:
+                    sub.push(r)
+                except Exception as e:
+                    self.counters["callback_errors"] += 1
+                    self._log(logging.ERROR, ("callback", id(sub)),
+                              "reading callback failed: %r", e)
 
     # -- reporting -----------------------------------------------------------------------------
     @property
