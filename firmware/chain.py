@@ -76,7 +76,6 @@ from protocol import codes
 from protocol import messages
 from protocol.framing import FrameDecoder, encode_frame_into, max_encoded_len
 from protocol.link import Link, LinkError, DATA_OVERHEAD
-from firmware import config
 from firmware import sensors
 from firmware.outbox import (Queue, Log, DeadLetters, pdiff, Q_OWN, Q_FWD, Q_STATUS, Q_DEAD,
                              KIND_OWN, KIND_FWD)
@@ -214,6 +213,8 @@ class ChainNode:
         self.replayed = 0
         self.replay_shed = 0
         self.mem_errors = 0         # MemoryErrors survived by run()
+        self.flash_errors = 0       # log appends refused for a failing flash (the log
+                                    # counts its own failed writes): survived
         self.mem_boot = 0
         self.mem_max = 0
         self.free_min = None
@@ -236,7 +237,14 @@ class ChainNode:
         self.writer = messages.EventWriter(self.node_id, self.epoch, self.max_payload + 300)
         if self.log is not None:
             self.dead.load()
-            self.replayed = self.log.open(self._replay)
+            try:
+                self.replayed = self.log.open(self._replay)
+            except OSError as e:
+                # the log cannot be written (flash full or worn): run with the outbox in
+                # RAM rather than not at all; what was replayed so far stays queued
+                self._flash_failed(e)
+                hal.log("durable outbox off: the log cannot be written")
+                self.log = None
         self.up_link = self._make_link(_HOP_UNKNOWN, cfg.uart_up)
         if self.up_uart is None:
             self.up_uart = hal.uart_open(cfg.uart_up)
@@ -424,10 +432,11 @@ class ChainNode:
     def _withhold(self):
         # The down link may not send an ACK that covers messages we would lose: while
         # stopping (they would be lost with the RAM), and in durable mode while they are
-        # not on flash.
+        # not on flash. A flash that cannot be written (full, worn) does not stop the
+        # chain: its messages are then forwarded from RAM, as without `durable`.
         if self.stopping:
             return True
-        if self.log is None:
+        if self.log is None or self.log.failing:
             return False
         if self._fwd_unflushed:
             return True
@@ -575,10 +584,13 @@ class ChainNode:
                 continue
             pos = 0
             if lg is not None:
-                pos = lg.append(KIND_FWD, 0, 0, m, now)
-                if not self._fwd_unflushed:
-                    self._fwd_since = now
-                self._fwd_unflushed += 1
+                try:
+                    pos = lg.append(KIND_FWD, 0, 0, m, now)
+                    if not self._fwd_unflushed:
+                        self._fwd_since = now
+                    self._fwd_unflushed += 1
+                except OSError as e:   # the link delivered it: forward it, not durably
+                    self._flash_failed(e)
             self._fin_msg.append(m)
             self._fin_pos.append(pos)
 
@@ -706,9 +718,12 @@ class ChainNode:
         self.next_seq = seq + 1
         self.published += 1
         if self.log is not None:
-            q.set_tail_pos(self.log.append(KIND_OWN, self.epoch, seq, msg, self._ticks))
-            if wait:
-                self.log.flush()
+            try:
+                q.set_tail_pos(self.log.append(KIND_OWN, self.epoch, seq, msg, self._ticks))
+                if wait:
+                    self.log.flush()
+            except OSError as e:   # accepted in RAM: delivered, but not durable
+                self._flash_failed(e)
         return True
 
     def sync(self):
@@ -822,12 +837,22 @@ class ChainNode:
                 import gc
                 gc.collect()
                 delay = 10
+            except OSError as e:
+                # a flash write failed (full or worn): the log keeps its buffer and tries
+                # again; the node goes on forwarding rather than stopping (or boot-looping)
+                self._flash_failed(e)
+                delay = 100
             if end is not None:
                 if self.uptime >= end:
                     break
                 if end - self.uptime < delay:
                     delay = end - self.uptime
             hal.wait_readable(delay)
+
+    def _flash_failed(self, e):
+        self.flash_errors += 1
+        if self.flash_errors <= _LOG_BAD_FIRST:
+            self.hal.log("flash write failed (%d): %s" % (self.flash_errors, e))
 
     def idle(self):
         # nothing of ours or of lower nodes waits for the up link
@@ -871,6 +896,7 @@ class ChainNode:
                "time_base": self.time_base, "durable": self.log is not None,
                "replayed": self.replayed, "replay_shed": self.replay_shed,
                "mem_errors": self.mem_errors,
+               "flash_errors": self.flash_errors + (self.log.flash_errors if self.log else 0),
                "mem_boot": self.mem_boot, "mem_max": self.mem_max, "free_min": self.free_min,
                "up_link": {"data_sent": up.get("data_sent"),
                            "retransmissions": up.get("retransmissions"),
@@ -919,7 +945,7 @@ def main(flash_dir=None, hal=None, stdin_control=False, cfg=None):
     if cfg is None:
         try:
             cfg = _node.load_config(hal)   # board sensor kinds registered first
-        except config.ConfigError as e:
+        except ValueError as e:   # firmware.config.ConfigError
             hal.log(str(e))
             return 1
     if cfg.transport != "serial":

@@ -656,7 +656,11 @@ class BoardHal:
         self._rtc_clear()
         if r is not None:
             if r.wall_ok and self._rtc_keeps_time():
-                self._wall_ok = True
+                self._wall_ok = True   # the node corrects its uptime from the clock
+            else:
+                # no clock ran through the sleep: ticks restarted at the reset, so what
+                # they count now (boot, Wi-Fi join) is uptime the record cannot hold
+                r.uptime += self.ticks_ms()
             self.log("resumed from deep sleep: epoch %d, next seq %d, uptime %d ms" % (
                 r.epoch, r.next_seq, r.uptime))
         self._resumed = r

@@ -65,6 +65,8 @@ import binascii
 import struct
 from array import array
 
+from protocol.link import _diff
+
 try:
     from micropython import const
 except ImportError:  # CPython
@@ -84,8 +86,6 @@ KIND_OWN = const(1)     # log record kinds
 KIND_FWD = const(2)
 
 _SERIAL_MASK = const(0xFFFFFF)
-_TMASK = const(0x3FFFFFFF)
-_THALF = const(0x20000000)
 SEG_WRAP = const(1 << 14)     # segment numbers are modulo this (positions stay small ints)
 _HDR = const(6)               # len u16 + crc32
 _META = const(9)              # kind u8 + epoch u32 + seq u32
@@ -106,12 +106,8 @@ class OutboxError(ValueError):
     pass
 
 
-def pdiff(a, b):
-    # a - b for log positions (modulo 2**30, like ticks)
-    d = (a - b) & _TMASK
-    if d & _THALF:
-        d = d - _TMASK - 1
-    return d
+# a - b for log positions: modulo 2**30 like ticks, so the link's arithmetic
+pdiff = _diff
 
 
 class Queue:
@@ -326,6 +322,8 @@ class Log:
         # counters
         self.appended = 0
         self.flushes = 0
+        self.flash_errors = 0     # appends and cursor writes that failed (survived)
+        self.failing = False      # the last flush failed
         self.flushed_bytes = 0
         self.cursor_writes = 0
         self.segments_deleted = 0
@@ -419,11 +417,11 @@ class Log:
         size = REC_OVERHEAD + len(msg)
         if size > LOG_BUF or size > self.segment_bytes:
             raise OutboxError("message of %d bytes too long for the log" % len(msg))
-        if self.off + size > self.segment_bytes:
-            self.flush()
-            self._roll()
-        elif self._fill + size > LOG_BUF:
-            self.flush()
+        if self.off + size > self.segment_bytes or self._fill + size > LOG_BUF:
+            if not self.flush():
+                raise OSError("log: the buffer is full and flash cannot be written")
+            if self.off + size > self.segment_bytes:
+                self._roll()
         buf = self._buf
         p = self._fill
         ln = size - _HDR
@@ -447,14 +445,27 @@ class Log:
         return self._recs
 
     def flush(self):
-        # write the buffered records to flash (one append, committed on close)
+        # write the buffered records to flash (one append, committed on close); False
+        # when the write failed (flash full or worn): the buffer is kept for a retry
         if not self._fill:
-            return
-        self.hal.append_file(self.name(self.seg), self._mv[:self._fill])
+            return True
+        try:
+            self.hal.append_file(self.name(self.seg), self._mv[:self._fill])
+        except OSError as e:
+            self._failed(e)
+            self.failing = True
+            return False
+        self.failing = False
         self.flushes += 1
         self.flushed_bytes += self._fill
         self._fill = 0
         self._recs = 0
+        return True
+
+    def _failed(self, e):
+        self.flash_errors += 1
+        if self.flash_errors <= 3:
+            self.hal.log("flash write failed (%d): %s" % (self.flash_errors, e))
 
     def flush_due(self, now, ticks_diff):
         return self._recs and (self._recs >= self.flush_records
@@ -511,8 +522,12 @@ class Log:
         self._delete_passed()
 
     def _save(self, cursor):
-        self.hal.write_file_atomic(self._cur_name(),
-                                   ("%d %d" % (cursor, self.seg % SEG_WRAP)).encode())
+        try:
+            self.hal.write_file_atomic(self._cur_name(),
+                                       ("%d %d" % (cursor, self.seg % SEG_WRAP)).encode())
+        except OSError as e:   # tried again at the next cursor save
+            self._failed(e)
+            return
         self._saved = cursor
         self.cursor_writes += 1
 
@@ -577,8 +592,11 @@ class DeadLetters:
         if self.hal is None or self.name is None:
             return
         from protocol import cbor
-        self.hal.write_file_atomic(self.name, cbor.dumps(
-            [[e[0], e[1], [[p[0], p[1]] for p in e[2]]] for e in self.nodes]))
+        try:
+            self.hal.write_file_atomic(self.name, cbor.dumps(
+                [[e[0], e[1], [[p[0], p[1]] for p in e[2]]] for e in self.nodes]))
+        except OSError as e:   # the list stays in RAM; the next change writes it again
+            self.hal.log("dead-letter file not written: %s" % (e,))
 
     def _ids_held(self):
         n = 0

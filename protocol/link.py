@@ -522,7 +522,6 @@ class Link:
         ready = self._ready
         if not ready:
             return []
-        self._ready = []
         out = []
         for payload in ready:
             end = len(payload)
@@ -534,6 +533,8 @@ class Link:
                     break
                 out.append(payload if (p == 0 and q == end) else payload[p:q])
                 p = q
+        # taken only now: a MemoryError above leaves the frames for the next call
+        self._ready = []
         self.messages_received += len(out)
         if self.established and self._adv_last * 2 < self.window:
             self._ack_pending = True  # window update

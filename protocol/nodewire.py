@@ -64,8 +64,8 @@ _MAX_U32 = 4294967295
 _MIN_N64 = -18446744073709551616   # the most negative int a CBOR head carries
 MAX_TEXT = 64          # firmware version, base id
 MAX_FILTERS = 16       # topic filters in one ANNOUNCE
-_VIEWS_MAX = 24        # cached memoryviews per writer
-_NULL = 0xF6
+_VIEWS_MAX = const(24)  # cached memoryviews per writer
+_NULL = const(0xF6)
 
 
 class ProtocolError(ValueError):
@@ -301,8 +301,11 @@ class _Views:
         v = self._views.get(n)
         if v is None:
             v = self._mv[:n]
-            if len(self._views) < _VIEWS_MAX:
-                self._views[n] = v
+            if len(self._views) >= _VIEWS_MAX:
+                # lengths of the first minutes (seq and t heads still growing) must not
+                # hold the slots for good: start over and settle on today's lengths
+                self._views.clear()
+            self._views[n] = v
         return v
 
 

@@ -247,6 +247,21 @@ def test_pico_deep_sleep_resume_through_boot():
     assert evs[0].seq == n1 and evs[0].epoch == 1 and evs[0].skip == 0
 
 
+def test_wake_without_a_clock_counts_the_boot_in_the_uptime():
+    # a Pico W has no clock running through the sleep: the time from the reset to
+    # resume() (boot, Wi-Fi join) must not go missing from the events' t
+    from firmware.board_sleep import Resume
+    flash = _flash(_node_json(deep_sleep={"awake_ms": 2000, "sleep_ms": 5000}, ntp=False))
+    hal, clk = _pico(flash)
+    assert _sleep_main(hal)
+    hal2 = _again(hal, clk)
+    saved = Resume.unpack(hal2._rtc_load())
+    clk.advance(1500)                                  # booting and joining Wi-Fi
+    since_reset = hal2.ticks_ms()
+    r = hal2.resume()
+    assert since_reset >= 1500 and r.uptime == saved.uptime + since_reset
+
+
 def test_boot_with_a_resume_that_does_not_match_starts_a_new_epoch():
     hal, clk = _esp(_flash())
     cfg = config.from_dict(_node_json())

@@ -103,6 +103,28 @@ def test_publish_wait_is_durable_across_a_crash():
     assert w.base.ids(1) == [(1, 0), (1, 1)]
 
 
+def test_a_full_flash_is_counted_and_the_chain_delivers_on():
+    # node 2's flash fills up mid-run: its log appends and cursor writes fail. The node
+    # must not stop (a board would boot-loop); it counts the failures and keeps
+    # delivering its own events and node 3's, exactly once.
+    w = World(3, seed=31, durable=True)
+    w.run(1500)
+    hal = w.hals[1]
+
+    def full(*args):
+        raise OSError(28, "ENOSPC")
+    hal.append_file = full
+    hal.write_file_atomic = full
+    w.run(4000)
+    n2 = w.nodes[1]
+    assert n2.report()["flash_errors"] > 0 and not n2.done
+    assert any("flash write failed" in line for line in hal.logs)
+    w.pause()
+    assert w.settle()
+    check_exactly_once(w)
+    assert len(w.base.ids(2)) == w.published(2) and len(w.base.ids(3)) == w.published(3)
+
+
 def test_dead_letters_reach_the_base_and_cover_what_is_missing():
     # a tiny retry budget on a noisy line: some frames die; their events are reported
     # in DEADLETTER messages once the link is up again (they may have arrived anyway)

@@ -138,6 +138,22 @@ def test_event_writer_skip_and_views():
     assert bytes(v1) == Event(7, 3, 301, 1001, "temp", 22.5).encode()
 
 
+def test_view_cache_settles_on_the_lengths_in_use():
+    # the early lengths (short seq and t heads, every topic) fill the cache; the lengths
+    # of the steady state must still end up cached, or every publish allocates a view
+    w = nodewire.EventWriter(7, 3)
+    for k in range(40):                                # 40 lengths, more than the cache holds
+        w.event(k, k, "t" * (k + 1), 1)
+        w.view()
+    assert len(w._views) <= 24
+    topic = "room/" + "x" * 50                         # a length none of the above had
+    w.event(70000, 5000000, topic, 21.5)
+    v = w.view()
+    w.event(70001, 5000100, topic, 22.5)
+    assert w.view() is v                               # cached again
+    assert bytes(v) == Event(7, 3, 70001, 5000100, topic, 22.5).encode()
+
+
 def test_parse_announce_checks_like_messages():
     good = Announce("b", "10.0.0.1", 6000, ["a/+", "#"], 5, 30, 1767225600000)
     assert cbor_lite.parse_announce(good.encode()) == (
