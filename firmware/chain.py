@@ -95,7 +95,8 @@ _RX_CHUNK = const(256)       # bytes per UART read
 _RX_CHUNKS = const(8)        # reads per UART per step: one busy line cannot starve the other
 _QUANTUM = const(64)         # deficit round-robin: bytes added per turn
 _HOP_UNKNOWN = const(255)
-_MEM_EVERY = const(1000)     # ms between heap samples (gc.collect() + gc.mem_alloc())
+_MEM_EVERY = const(60000)    # ms between heap samples (gc.collect() + gc.mem_alloc()), unless
+                             # the HAL asks for more (mem_every_ms: the simulator's 1 s)
 _SLACK = const(32)           # ring slots beyond max for a replay (the cursor's batch)
 _LOG_BAD_FIRST = const(5)
 _MIN_EVENT = const(8)        # bytes: no EVENT is shorter (array, 5 small ints, topic, value)
@@ -200,6 +201,7 @@ class ChainNode:
         self.writer = None
         self.next_status = cfg.status_every_ms
         self._next_mem = 0
+        self._mem_every = getattr(hal, "mem_every_ms", _MEM_EVERY)
         # counters
         self.published = 0          # events accepted by publish()
         self.sample_refused = 0     # sensor readings refused by a full "block" outbox
@@ -797,7 +799,7 @@ class ChainNode:
         self._status = self.status(final).encode()
 
     def _sample_mem(self, boot):
-        self._next_mem = self.uptime + _MEM_EVERY
+        self._next_mem = self.uptime + self._mem_every
         if _MP:
             import gc
             gc.collect()

@@ -220,6 +220,8 @@ class UnixHal:
             pass
 
     # --- memory and logs -----------------------------------------------------------
+    mem_every_ms = 1000   # chain nodes sample the heap each second (the simulator's mem_max)
+
     def free_mem(self):
         import gc
         if _MP:
