@@ -46,6 +46,10 @@
 # (str.encode); per loads: 384 bytes, the decoded objects and the 3-item state list.
 import struct
 
+# the float classification beyond the inline half case: one copy, protocol/nodewire.py's
+# (the node writes its EVENTs without this module)
+from protocol.nodewire import _float_short, _float_other
+
 try:
     from micropython import const
 except ImportError:  # CPython
@@ -278,61 +282,6 @@ def _float(buf, pos, x):
 # write_float(buf, pos, x) -> end: x at buf[pos] in its shortest exact form, for callers
 # that lay out their own messages. Needs room for 9 bytes or raises CBOREncodeError.
 write_float = _float
-
-
-def _float_short(buf, pos, ex, m):
-    # A normal double with at most 23 mantissa bits m and unbiased exponent ex.
-    if m & 0x1FFF == 0 and -24 <= ex <= 15:  # at most 10 mantissa bits, in half's range
-        if ex >= -14:
-            h = ((ex + 15) << 10) | (m >> 13)
-        else:  # half subnormal: exact if no bit is shifted out
-            h = 1024 | (m >> 13)
-            if h & ((1 << (-14 - ex)) - 1):
-                h = -1
-            else:
-                h >>= -14 - ex
-        if h >= 0:
-            buf[pos] = _HALF
-            buf[pos + 1] = (buf[pos + 1] & 0x80) | (h >> 8)
-            buf[pos + 2] = h & 255
-            return pos + 3
-    if -126 <= ex <= 127:
-        ex += 127
-        buf[pos] = _SINGLE
-        buf[pos + 1] = (buf[pos + 1] & 0x80) | (ex >> 1)
-        buf[pos + 2] = ((ex & 1) << 7) | (m >> 16)
-        buf[pos + 3] = (m >> 8) & 255
-        buf[pos + 4] = m & 255
-        return pos + 5
-    if -149 <= ex < -126:  # single subnormal: exact if no bit is shifted out
-        m |= 0x800000
-        if m & ((1 << (-126 - ex)) - 1) == 0:
-            m >>= -126 - ex
-            buf[pos] = _SINGLE
-            buf[pos + 1] &= 0x80
-            buf[pos + 2] = m >> 16
-            buf[pos + 3] = (m >> 8) & 255
-            buf[pos + 4] = m & 255
-            return pos + 5
-    buf[pos] = _DOUBLE
-    return pos + 9
-
-
-def _float_other(buf, pos, e):
-    sign = buf[pos + 1] & 0x80
-    mant = (buf[pos + 2] & 15) | buf[pos + 3] | buf[pos + 4] | buf[pos + 5] | buf[pos + 6] \
-        | buf[pos + 7] | buf[pos + 8]
-    if e == 0x7FF:
-        h0 = 0x7E if mant else sign | 0x7C  # NaN -> f97e00 (payload, sign dropped); ±inf
-    elif e == 0 and mant == 0:
-        h0 = sign  # ±0.0
-    else:
-        buf[pos] = _DOUBLE
-        return pos + 9
-    buf[pos] = _HALF
-    buf[pos + 1] = h0
-    buf[pos + 2] = 0
-    return pos + 3
 
 
 def _float_tight(buf, pos, x):
