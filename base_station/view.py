@@ -115,7 +115,7 @@ SERIAL_COLUMNS = ("port", "link", "peer", "hop", "rx", "tx", "retx", "crc", "rtt
 
 def serial_row(port: str, s: dict) -> dict:
     """The health of one head's link (SerialHead.stats()) as display strings, keyed by
-    SERIAL_COLUMNS, plus "state": "up", "down" (port open, link not established),
+    SERIAL_COLUMNS; "link" is "up", "down" (port open, link not established),
     "closed" (the port is not open: missing, unplugged) or "stopped" (the head was
     stopped, as in listen's final summary)."""
     ls = s.get("link") or {}
@@ -127,7 +127,7 @@ def serial_row(port: str, s: dict) -> dict:
     window = s.get("window")
     in_use = ls.get("window_in_use", 0)
     return {
-        "port": port, "state": state, "link": state,
+        "port": port, "link": state,
         "peer": _dash(s.get("peer_node")), "hop": _dash(s.get("peer_hop")),
         "rx": str(s.get("frames_in", 0)), "tx": str(s.get("frames_out", 0)),
         "retx": str(ls.get("retransmissions", 0)),
@@ -160,7 +160,7 @@ def serial_table(summary: dict, title: str | None = "serial links") -> Table | N
     for port, s in heads.items():
         row = serial_row(port, s)
         cells: list[Any] = [Text(row[c]) for c in SERIAL_COLUMNS]   # no markup in ports
-        cells[1] = Text(row["state"], style=_STATE_STYLE[row["state"]])
+        cells[1] = Text(row["link"], style=_STATE_STYLE[row["link"]])
         table.add_row(*cells)
     errors = [s["last_error"] for s in heads.values()
               if s.get("last_error") and not s.get("up") and not s.get("open")]
@@ -181,9 +181,9 @@ def serial_line(port: str, s: dict) -> str:
     """One plain line per serial head, for logs (beside summary_line)."""
     r = serial_row(port, s)
     line = ("serial %s link=%s peer=%s hop=%s rx=%s tx=%s retx=%s crc=%s rtt=%s window=%s "
-            "downs=%s" % (port, r["state"], r["peer"], r["hop"], r["rx"], r["tx"], r["retx"],
+            "downs=%s" % (port, r["link"], r["peer"], r["hop"], r["rx"], r["tx"], r["retx"],
                           r["crc"], r["rtt"], r["window"], r["downs"]))
-    if r["state"] in ("closed", "stopped") and not s.get("open") and s.get("last_error"):
+    if r["link"] in ("closed", "stopped") and not s.get("open") and s.get("last_error"):
         line += " error=%r" % s["last_error"]
     return line
 

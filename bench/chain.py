@@ -64,7 +64,6 @@ import math
 import os
 import random
 import sys
-import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -99,8 +98,8 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def is_event(m: bytes) -> bool:
-    # EVENT: array(7), kind 1 (protocol section 3.1)
-    return len(m) > 2 and m[0] == 0x87 and m[1] == 0x01
+    # EVENT: array(7), or array(8) with a skip, kind 1 (protocol section 3.1)
+    return len(m) > 2 and (m[0] == 0x87 or m[0] == 0x88) and m[1] == 0x01
 
 
 # ======================================================================================

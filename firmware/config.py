@@ -240,8 +240,6 @@ def from_dict(d):
     c = Config()
     c.sensors = []
     c.bases = []
-    c.link = dict(LINK_DEFAULTS)
-    c.log = dict(LOG_DEFAULTS)
     if "node" not in d:
         raise ConfigError("node.json: node: missing (the node id, an integer 0..4294967295)")
     c.node = _int(d, "node", "", 0, _MAX_U32)

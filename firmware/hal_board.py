@@ -77,9 +77,8 @@
 # the deep-sleep record), firmware/board_uart.py (BoardUart, serial chain),
 # firmware/board_sensors.py (BoardSensor and the SHT3x reader, board sensor kinds).
 #
-# Memory: the record is packed into one bytearray with struct.pack_into; wall_ms and
-# the record use bigints (ms timestamps do not fit 31-bit small ints), once per call.
-# The hot path (udp_send) allocates nothing of its own.
+# Memory: wall_ms uses bigints (ms timestamps do not fit 31-bit small ints), once per
+# call. The hot path (udp_send) allocates nothing of its own.
 import sys
 import select
 

@@ -75,8 +75,6 @@ except ImportError:  # CPython
     def const(x):  # type: ignore
         return x
 
-_HDR_EVENT = const(0x87)     # CBOR array(7): EVENT without skip
-_HDR_EVENT_SKIP = const(0x88)
 _RX_PER_WAKE = const(16)     # datagrams read per wake-up: a flood cannot starve sampling
 _LOG_BAD_FIRST = const(5)    # rx_bad: log the first few, then every 1000th
 _BATCH_MAX = const(20)       # readings waiting at most (firmware.config.BATCH_MAX)
@@ -383,14 +381,6 @@ class Node:
             self.send_errors += 1
             self.dropped += readings
 
-    def counters(self):
-        # the STATUS counters as a dict (reports, tests; STATUS itself uses _ctr)
-        c = self._counters()
-        out = {}
-        for k in range(len(_STATUS_KEYS)):
-            out[_STATUS_KEYS[k]] = c[k]
-        return out
-
     def _counters(self):
         # fill _ctr in place, in the order of _STATUS_KEYS
         c = self._ctr
@@ -403,17 +393,8 @@ class Node:
         c[6] = self.send_errors
         return c
 
-    def status_for(self, sub):
-        # the STATUS for one subscriber as a message object (tests; needs protocol.messages)
-        from protocol import messages
-        last = self.next_seq - 1 if self.next_seq else None
-        caps = self.caps | (_CAP_TIME if self.time_base is not None else 0)
-        return messages.Status(self.node_id, self.epoch, last, sub.status_skip(last), sub.since,
-                               self.uptime, self.time_base, self.cfg.firmware, caps,
-                               self.counters())
-
     def _send_status(self, sub):
-        # written by the StatusWriter: the same bytes as status_for(sub).encode()
+        # written by the StatusWriter: the same bytes as messages.Status(...).encode()
         self.statuses += 1
         last = self.next_seq - 1 if self.next_seq else None
         caps = self.caps | (_CAP_TIME if self.time_base is not None else 0)

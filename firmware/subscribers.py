@@ -44,8 +44,6 @@ class Subscriber:
                  topics=()):
         self.base = base
         self.addr = addr
-        self.filters = filters
-        self.want = b""
         self.set_filters(filters, topics)
         self.expires = expires     # uptime ms, or FOREVER
         self.since = since
@@ -154,7 +152,8 @@ class Table:
         expires = now + lease_s * 1000
         if e is not None:
             e.addr = addr
-            e.set_filters(filters, self.topics)
+            if filters != e.filters:   # a refresh mostly repeats them: no new flags then
+                e.set_filters(filters, self.topics)
             e.set_rate(max_rate, now)
             if not e.static:
                 e.expires = expires

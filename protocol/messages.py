@@ -23,15 +23,13 @@ from protocol.topics import valid_topic
 # the node's part of the wire format (EventWriter, StatusWriter, ANNOUNCE checks) lives
 # in protocol/nodewire.py so a node can import it alone; re-exported here
 from protocol.nodewire import (ProtocolError, head, _is_int, _uint, _opt_uint, _text,  # noqa: F401
-                               announce_fields, EventWriter, StatusWriter, _put_uint)
+                               announce_fields, EventWriter, StatusWriter, MAX_TEXT, MAX_FILTERS)
 
 _MAX_U64 = 18446744073709551615
 _MAX_U32 = 4294967295
-MAX_TEXT = 64          # firmware version, base id (also in nodewire)
 MAX_BYTES_VALUE = 256  # a byte-string reading
 MAX_MAP_VALUE = 16     # entries in a map reading
 MAX_BATCH = 128        # readings in one BATCH
-MAX_FILTERS = 16       # topic filters in one ANNOUNCE
 
 
 def _kind_name(kind):

@@ -42,7 +42,6 @@ import os
 import random
 import shutil
 import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -54,7 +53,6 @@ from firmware import node as fw_node
 from sim.relay import Relay
 from sim.runtime import NodeProcess, micropython_command  # noqa: F401 (re-exported)
 
-ROOT = Path(__file__).resolve().parent.parent
 RUNTIMES = ("micropython", "cpython")
 
 
