@@ -390,6 +390,7 @@ class ChainNode:
             acks += self._acked(tk)
         for tk in up.poll_dead():
             acks += self._dead_ticket(tk)
+        self.dead.save()   # once for all that died or was reported: before the log's cursor
         for m in up.poll_received():
             self._from_up(m)
         self._learn_hop()
@@ -733,6 +734,7 @@ class ChainNode:
         if self.log is not None:
             self.log.sync()
             self._fwd_unflushed = 0
+        self.dead.save()
 
     def _wait(self, ready, timeout_ms):
         # run the links (no sampling) until ready() or timeout_ms

@@ -573,6 +573,7 @@ class DeadLetters:
         self.lost_ids = 0     # ids not remembered (bounds)
         self.sent = 0         # DEADLETTER messages acknowledged upstream
         self.inflight = None  # (node, count, n_ids) of the DEADLETTER in the link
+        self.dirty = False    # changed since the last save()
 
     def load(self):
         if self.hal is None or self.name is None:
@@ -588,7 +589,11 @@ class DeadLetters:
             self.hal.log("dead-letter file unreadable: %s" % (e,))
             self.nodes = []
 
-    def _save(self):
+    def save(self):
+        # write the list if it changed (durable mode)
+        if not self.dirty:
+            return
+        self.dirty = False
         if self.hal is None or self.name is None:
             return
         from protocol import cbor
@@ -626,7 +631,7 @@ class DeadLetters:
                 held += 1
             else:
                 self.lost_ids += 1
-        self._save()
+        self.dirty = True
 
     def pending(self):
         return bool(self.nodes) and self.inflight is None
@@ -663,7 +668,7 @@ class DeadLetters:
                     self.nodes.pop(i)
                 break
         self.sent += 1
-        self._save()
+        self.dirty = True
 
     def failed(self):
         # the DEADLETTER itself died: send it again later

@@ -290,6 +290,8 @@ def test_dead_letters_are_bounded_acknowledged_and_persisted():
     d.add(7, [(1, s) for s in range(40)])
     d.add(9, [(3, 5)])
     d.add(7, [(1, s) for s in range(40, 70)])
+    assert fl.read_file("deadletter") is None       # written by save(), once for all three
+    d.save()
     assert d.total == 71 and d.lost_ids == 71 - 64
     assert d.pending()
     m = messages.decode(d.message())
@@ -306,6 +308,7 @@ def test_dead_letters_are_bounded_acknowledged_and_persisted():
     d2.load()
     assert [e[0] for e in d2.nodes] == [7, 9] and d2.nodes[0][1] == 70
     d.acked()
+    d.save()
     assert d.sent == 1 and d.pending()
     m = messages.decode(d.message())
     assert m.node == 9 and m.ids == [(3, 5)]
@@ -313,6 +316,7 @@ def test_dead_letters_are_bounded_acknowledged_and_persisted():
     assert d.pending()
     d.message()
     d.acked()
+    d.save()
     assert not d.pending() and d.nodes == []
     d3 = DeadLetters(fl, "deadletter")
     d3.load()
