@@ -81,8 +81,10 @@ class UnixUart:
         # all of data; a short write (the pty's buffer is full) is continued
         n = len(data)
         done = 0
-        mv = memoryview(data)
+        mv = None   # made only after a short write: a whole write allocates nothing
         while done < n:
+            if done and mv is None:
+                mv = memoryview(data)
             k = self._f.write(mv[done:] if done else data)
             if k is None:   # CPython non-blocking: not possible here, be safe
                 k = 0
