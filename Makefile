@@ -26,7 +26,7 @@ demo: $(STAMP)
 
 # bench: the `bench` extra (eclipse-zenoh), MicroPython's webassembly port for the 32-bit
 # RAM figure when npm is there (into build/wasm, optional), then every benchmark.
-WASM_MP := @micropython/micropython-webassembly-pyscript@1.27.0
+WASM_MP := @micropython/micropython-webassembly-pyscript@1.29.0-6
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 	@if command -v npm >/dev/null 2>&1; then \

@@ -129,33 +129,55 @@ def mount_rom():
     return image
 
 
-def ram(rom=False):
+# The RAM measurements are generators: each `yield` asks for used(), sent back by the
+# caller. The unix port calls used() in between (drive()). The webassembly port frees
+# nothing while a Python call from JavaScript is running (its GC cannot see which
+# words on the wasm stack are live, so a collection inside the call keeps everything
+# allocated during it), so its runner calls used() in a call of its own at each step.
+def ram(board="unix", tests=None, rom=False):
     image = mount_rom() if rom else None
-    hal = MemHal(BUNDLE)     # created before the baseline: the HAL object is the board's
-    base = used()
+    if board == "unix":
+        hal = MemHal(BUNDLE)     # created before the baseline: the HAL object is the board's
+        modules = MODULES
+    else:
+        sys.path.append(tests)
+        import board_fakes
+        from board_fakes import net
+        clk = board_fakes.install(board)
+        modules = BOARD_MODULES
+    base = yield
     out = {"modules": {}}
     if image is not None:
         out["image_bytes"] = len(image)
     prev = base
-    for name in MODULES:
+    for name in modules:
         __import__(name)
-        now = used()
+        now = yield
         out["modules"][name] = now - prev
         prev = now
     from firmware import node as node_mod
+    if board != "unix":
+        hal = node_mod.make_hal(BUNDLE, platform=board, quiet=True, clock=clk, sockets=net,
+                                poller=net.Poll(), machine_name="Generic ESP32 module with ESP32")
     cfg = node_mod.load_config(hal)
-    now = used()
+    if board != "unix":
+        hal.begin(cfg)        # Wi-Fi join, NTP
+    now = yield
     out["modules"]["firmware.config"] = now - prev
     out["config_dropped"] = "firmware.config" not in sys.modules
     prev = now
     node = node_mod.Node(cfg, hal)
-    node.boot(0)
-    now = used()
+    node.boot(0 if board == "unix" else None)
+    now = yield
     out["node_boot"] = now - prev
     for i in range(50):      # a few steps: buffers reach their working size
-        hal.now += 100
-        node.step(hal.now)
-    after = used()
+        if board == "unix":
+            hal.now += 100
+        else:
+            clk.advance(100)
+            hal.feed()
+        node.step(hal.ticks_ms())
+    after = yield
     out["node_running"] = after - now
     out["imports"] = prev - base
     out["total"] = after - base
@@ -164,8 +186,12 @@ def ram(rom=False):
     out["platform"] = sys.platform
     out["version"] = "%d.%d.%d" % sys.implementation.version[:3]
     out["sensors"] = len(node.sensors)
+    out["published"] = node.published
     out["from"] = sys.modules["firmware.node"].__file__
     out["cbor_loaded"] = "protocol.cbor" in sys.modules
+    if board != "unix":
+        out["link_up"] = hal.link_up()
+        out["time_base"] = node.time_base is not None
     return out
 
 
@@ -174,49 +200,14 @@ BOARD_MODULES = ("protocol", "protocol.topics", "protocol.nodewire", "protocol.c
                  "firmware.hal_board", "firmware.hal_esp32", "firmware.node")
 
 
-def ram_esp32(tests, rom=False):
-    image = mount_rom() if rom else None
-    sys.path.append(tests)
-    import board_fakes
-    from board_fakes import net
-    clk = board_fakes.install("esp32")
-    base = used()
-    out = {"modules": {}}
-    if image is not None:
-        out["image_bytes"] = len(image)
-    prev = base
-    for name in BOARD_MODULES:
-        __import__(name)
-        now = used()
-        out["modules"][name] = now - prev
-        prev = now
-    from firmware import node as node_mod
-    hal = node_mod.make_hal(BUNDLE, platform="esp32", quiet=True, clock=clk, sockets=net,
-                            poller=net.Poll(), machine_name="Generic ESP32 module with ESP32")
-    cfg = node_mod.load_config(hal)
-    hal.begin(cfg)
-    now = used()
-    out["modules"]["firmware.config"] = now - prev
-    prev = now
-    node = node_mod.Node(cfg, hal)
-    node.boot()
-    now = used()
-    out["node_boot"] = now - prev
-    for i in range(50):
-        clk.advance(100)
-        hal.feed()
-        node.step(hal.ticks_ms())
-    after = used()
-    out["node_running"] = after - now
-    out["total"] = after - base
-    out["link_up"] = hal.link_up()
-    out["time_base"] = node.time_base is not None
-    out["published"] = node.published
-    out["cbor_loaded"] = "protocol.cbor" in sys.modules
-    out["word_bytes"] = 8 if sys.maxsize > 2 ** 32 else 4
-    out["version"] = "%d.%d.%d" % sys.implementation.version[:3]
-    out["from"] = sys.modules["firmware.node"].__file__
-    return out
+def drive(gen):
+    # run a RAM measurement to its end, answering each yield with used()
+    try:
+        gen.send(None)
+        while True:
+            gen.send(used())
+    except StopIteration as e:
+        return e.value
 
 
 def heap():
@@ -349,14 +340,27 @@ def publish(port, rounds):
     return res
 
 
-if MODE == "ram":
-    print(json.dumps(ram()))
-elif MODE == "ram_esp32":
-    print(json.dumps(ram_esp32(ARGS[2])))
-elif MODE == "ram_rom":
-    print(json.dumps(ram(rom=True)))
-elif MODE == "ram_esp32_rom":
-    print(json.dumps(ram_esp32(ARGS[2], rom=True)))
+RAM_MODES = {"ram": ("unix", False), "ram_rom": ("unix", True),
+             "ram_esp32": ("esp32", False), "ram_esp32_rom": ("esp32", True)}
+
+if MODE in RAM_MODES:
+    board, rom = RAM_MODES[MODE]
+    gen = ram(board, ARGS[2] if board != "unix" else None, rom)
+    if globals().get("MP_STEPPED"):
+        # webassembly: the runner calls STEP() in separate calls until STEP_DONE
+        STEP_STATE = [True]
+        STEP_DONE = False
+
+        def STEP():
+            global STEP_DONE
+            try:
+                gen.send(None if STEP_STATE[0] else used())
+            except StopIteration as e:
+                print(json.dumps(e.value))
+                STEP_DONE = True
+            STEP_STATE[0] = False
+    else:
+        print(json.dumps(drive(gen)))
 elif MODE == "heap":
     print(json.dumps(heap()))
 elif MODE == "publish":

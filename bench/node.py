@@ -17,17 +17,19 @@ Side by side in one run:
   For 32-bit boards (ESP32, RP2) the same script runs on MicroPython's webassembly
   port (wasm32: 4-byte words and pointers, 16-byte GC blocks, as on the boards;
   npm package @micropython/micropython-webassembly-pyscript, run with node), if it
-  is installed (`make bench` installs it into build/wasm). The boards' firmware
-  differs in version and options (MicroPython 1.27 wasm vs 1.29 unix), so that is
-  an estimate, not a board measurement. Without node/npm, the 32-bit figure is not
-  measured and the 64-bit one stands as an upper bound.
+  is installed (`make bench` installs it into build/wasm). That port collects
+  garbage only between calls from JavaScript, so its runner calls gc.collect() and
+  gc.mem_alloc() in a call of their own at each step. It is MicroPython 1.29 as on
+  the unix port, but not a board's build (other options, no flash), so it measures
+  32-bit object sizes, not a board. Without node/npm, the 32-bit figures are not
+  measured and the 64-bit ones stand as an upper bound.
 * The same RAM figure with the modules imported from the bundle's romfs.img
   (`starling build --romfs`) mounted at /rom with vfs.VfsRom, as firmware with a
   ROMFS partition does at boot: bytecode and constant strings stay in the image
   (flash on a board), only the objects the imports create are on the heap. The
   image is read into a bytes object before the baseline (this unix build cannot
   place it outside the GC heap), so it is in no row. For the unix bundle and for
-  the ESP32 bundle (board modules faked, as above).
+  the ESP32 bundle (board modules faked, as above), on both ports.
 * Fleet size (sim/fleet.py) against a base station in its own process
   (bench/ingest.py's receiver): `micropython` runtime, one process per node, N = 10,
   20, 40 at 10 readings/s each: RSS per process (/proc/PID/status VmRSS), CPU of the
@@ -71,7 +73,7 @@ from sim.fleet import Fleet, micropython_command  # noqa: E402
 
 MP_NODE = ROOT / "bench" / "mp_node.py"
 WASM_PACKAGE = "@micropython/micropython-webassembly-pyscript"
-WASM_VERSION = "1.27.0"
+WASM_VERSION = "1.29.0-6"
 WASM_DEFAULT = ROOT / "build" / "wasm" / "node_modules" / WASM_PACKAGE / "micropython.mjs"
 RAM_TARGET = 32 * 1024
 NODE_CONFIG = {"node": 7, "bases": [["127.0.0.1", 5684]],
@@ -99,10 +101,19 @@ function copy(src, dst) {
   }
 }
 copy(bundle, "/bundle");
-mp.FS.writeFile("/mp_node.py", readFileSync(script));
+// a further directory argument (the tests directory, for board_fakes) goes to /tests
+const rest = args.slice(1).map((a) => {
+  try { if (statSync(a).isDirectory()) { copy(a, "/tests"); return "/tests"; } } catch (e) {}
+  return a;
+});
 try {
-  mp.runPython("exec(open('/mp_node.py').read(), {'__name__': '__main__', 'MP_ARGS': "
-               + JSON.stringify([args[0], "/bundle", ...args.slice(1)]) + "})");
+  // the script runs in the interpreter's own globals; a RAM mode leaves STEP(), which is
+  // called in separate calls: the port collects garbage only between calls
+  mp.runPython("MP_ARGS = " + JSON.stringify([args[0], "/bundle", ...rest]) + "\nMP_STEPPED = True");
+  mp.runPython(readFileSync(script, "utf8"));
+  if (args[0].startsWith("ram")) {
+    for (let i = 0; i < 100 && !mp.globals.get("STEP_DONE"); i++) mp.runPython("STEP()");
+  }
 } catch (e) {
   process.stderr.write(String(e.message || e) + "\n");
   process.exit(1);
@@ -193,20 +204,22 @@ class Counter:
 def micropython_side(tmp: Path, rounds: int) -> dict:
     bundle = build(tmp)
     out: dict[str, Any] = {"bundle_bytes": sum(f.stat().st_size for f in bundle.rglob("*.mpy"))}
-    out["ram_64"] = run_unix(["ram", str(bundle)])
-    # an ESP32 bundle's modules on the unix port, the board modules faked
+    # the unix bundle and an ESP32 bundle (its board modules faked), from .mpy files and
+    # from the bundle's romfs.img mounted at /rom; 64-bit (unix) and 32-bit (wasm)
     esp32 = build(tmp, "esp32")
-    out["ram_esp32_64"] = run_unix(["ram_esp32", str(esp32), str(ROOT / "tests")])
-    # the same, the modules imported in place from the bundle's romfs.img mounted at /rom
-    out["ram_rom_64"] = run_unix(["ram_rom", str(bundle)])
-    out["ram_esp32_rom_64"] = run_unix(["ram_esp32_rom", str(esp32), str(ROOT / "tests")])
+    tests = str(ROOT / "tests")
+    runs = {"ram": [bundle], "ram_rom": [bundle], "ram_esp32": [esp32, tests],
+            "ram_esp32_rom": [esp32, tests]}
+    for mode, args in runs.items():
+        out[mode + "_64"] = run_unix([mode] + [str(a) for a in args])
+    for mode, args in runs.items():
+        out[mode + "_32"] = run_wasm(tmp, args[0], [mode] + [str(a) for a in args[1:]])
     out["heap_64"] = run_unix(["heap", str(bundle)])
     counter = Counter()
     try:
         out["publish_64"] = run_unix(["publish", str(bundle), str(counter.port), str(rounds)])
     finally:
         out["publish_received"] = counter.close()
-    out["ram_32"] = run_wasm(tmp, bundle, ["ram"])
     out["heap_32"] = run_wasm(tmp, bundle, ["heap"])
     if out["ram_32"] is None:
         out["wasm_note"] = ("32-bit: %s %s (node) not installed; make bench installs it into build/wasm"
@@ -308,42 +321,43 @@ MODULE_ORDER = ("protocol", "protocol.topics", "protocol.nodewire", "protocol.cb
 MODULE_LABEL = {"firmware.config": "config+codes, dropped"}
 
 
+RAM_RUNS = (("ram", "unix, .mpy"), ("ram_rom", "unix, ROMFS"), ("ram_esp32", "ESP32, .mpy"),
+            ("ram_esp32_rom", "ESP32, ROMFS"))
+BOARD_ROWS = ("firmware.hal_board", "firmware.hal_esp32")
+
+
 def print_table(r: dict) -> None:
     mp = r["micropython"]
-    r64, r32, rom = mp["ram_64"], mp["ram_32"], mp.get("ram_rom_64")
-    print("RAM held after boot, from a `starling build --board unix` bundle (.mpy, %d bytes of .mpy)"
-          % mp["bundle_bytes"])
-    print("  %-22s %10s %10s %10s" % ("", "64-bit", "32-bit", "64-bit"))
-    print("  %-22s %10s %10s %10s" % ("", "unix %s" % r64["version"],
-                                      "wasm %s" % r32["version"] if r32 else "-", "ROMFS"))
-    for name in MODULE_ORDER:
-        print("  %-22s %10d %10s %10s" % (MODULE_LABEL.get(name, name), r64["modules"][name],
-                                          r32["modules"][name] if r32 else "-",
-                                          rom["modules"][name] if rom else "-"))
-    for key, label in (("node_boot", "Node + boot"), ("node_running", "first 50 steps"),
-                       ("total", "total")):
-        print("  %-22s %10d %10s %10s" % (label, r64[key], r32[key] if r32 else "-",
-                                          rom[key] if rom else "-"))
-    if rom:
-        print("  (ROMFS: modules imported in place from romfs.img (%d bytes) mounted at /rom, %s; the"
-              " image buffer is allocated before the baseline)" % (rom["image_bytes"], rom["from"]))
-    print("  protocol.cbor imported by the booted node: %s (.mpy), %s (ROMFS)"
-          % ("yes" if r64.get("cbor_loaded") else "no",
-             "-" if not rom else "yes" if rom.get("cbor_loaded") else "no"))
+    r64 = mp["ram_64"]
+    print("RAM held after boot, bytes: `starling build` bundles for the unix HAL and for ESP32"
+          " (board modules faked), %d bytes of .mpy (unix bundle)" % mp["bundle_bytes"])
+
+    def cell(run: dict | None, key: str, module: bool = True) -> str:
+        if run is None:
+            return " %13s" % "-"
+        v = run["modules"].get(key) if module else run.get(key)
+        return " %13s" % ("" if v is None else v)
+
+    for w, bits in (("_64", "64-bit"), ("_32", "32-bit")):
+        ver = next((mp[m + w]["version"] for m, _ in RAM_RUNS if mp.get(m + w)), None)
+        print("  %s%s" % (bits, " (MicroPython %s, %s)" % (
+            ver, "unix port" if w == "_64" else "webassembly port") if ver else ": not measured"))
+        print("  %-22s" % "" + "".join(" %13s" % label for _, label in RAM_RUNS))
+        for name in MODULE_ORDER + BOARD_ROWS:
+            print("  %-22s" % MODULE_LABEL.get(name, name)
+                  + "".join(cell(mp.get(m + w), name) for m, _ in RAM_RUNS))
+        for key, label in (("node_boot", "Node + boot"), ("node_running", "first 50 steps"),
+                           ("total", "total")):
+            print("  %-22s" % label + "".join(cell(mp.get(m + w), key, False) for m, _ in RAM_RUNS))
+    rom = mp["ram_rom_64"]
+    print("  (ROMFS: modules imported in place from romfs.img (%d bytes, unix bundle) mounted at /rom,"
+          " %s; the image buffer is allocated before the baseline; ESP32 rows include begin():"
+          " Wi-Fi join, NTP)" % (rom["image_bytes"], rom["from"]))
+    print("  protocol.cbor imported by a booted node: %s"
+          % ("yes" if any(mp[m + w].get("cbor_loaded") for w in ("_64", "_32") for m, _ in RAM_RUNS
+                          if mp.get(m + w)) else "no"))
     if mp.get("wasm_note"):
         print("  " + mp["wasm_note"])
-    e = mp.get("ram_esp32_64")
-    if e:
-        print("  ESP32 bundle on the unix port (board modules faked), 64-bit: hal_board %d,"
-              " hal_esp32 %d, config + begin() %d, Node + boot %d, total %d"
-              % (e["modules"]["firmware.hal_board"], e["modules"]["firmware.hal_esp32"],
-                 e["modules"]["firmware.config"], e["node_boot"], e["total"]))
-    e = mp.get("ram_esp32_rom_64")
-    if e:
-        print("  the same from its romfs.img (%d bytes) at /rom: hal_board %d, hal_esp32 %d, config +"
-              " begin() %d, Node + boot %d, total %d"
-              % (e["image_bytes"], e["modules"]["firmware.hal_board"], e["modules"]["firmware.hal_esp32"],
-                 e["modules"]["firmware.config"], e["node_boot"], e["total"]))
     print()
     p = mp["publish_64"]
     h32 = mp["heap_32"] or {}
@@ -401,21 +415,13 @@ def main(argv: list[str] | None = None) -> int:
         plan = [("micropython", n, 10.0, 5.0) for n in (10, 20, 40)] + \
                [("cpython", n, 1.0, 8.0) for n in (1000, 2000, 5000)]
     res["fleets"] = [asyncio.run(fleet_run(*p)) for p in plan]
-    r64, r32 = res["micropython"]["ram_64"], res["micropython"]["ram_32"]
-    res["targets"] = {
-        "ram_after_boot_64bit_le_32KB": {"met": r64["total"] <= RAM_TARGET, "bytes": r64["total"]},
-        "ram_after_boot_esp32_64bit_le_32KB": {
-            "met": res["micropython"]["ram_esp32_64"]["total"] <= RAM_TARGET,
-            "bytes": res["micropython"]["ram_esp32_64"]["total"]},
-        "ram_after_boot_romfs_64bit_le_32KB": {
-            "met": res["micropython"]["ram_rom_64"]["total"] <= RAM_TARGET,
-            "bytes": res["micropython"]["ram_rom_64"]["total"]},
-        "ram_after_boot_romfs_esp32_64bit_le_32KB": {
-            "met": res["micropython"]["ram_esp32_rom_64"]["total"] <= RAM_TARGET,
-            "bytes": res["micropython"]["ram_esp32_rom_64"]["total"]},
-        "ram_after_boot_32bit_le_32KB": ({"met": r32["total"] <= RAM_TARGET, "bytes": r32["total"]}
-                                         if r32 else {"met": None, "bytes": None}),
-    }
+    res["targets"] = {}
+    for mode, _ in RAM_RUNS:
+        for w in ("64", "32"):
+            run = res["micropython"].get("%s_%s" % (mode, w))
+            res["targets"]["%s_%sbit_le_32KB" % (mode, w)] = (
+                {"met": run["total"] <= RAM_TARGET, "bytes": run["total"]} if run
+                else {"met": None, "bytes": None})
     for f in res["fleets"]:
         res["targets"]["fleet_%s_%d" % (f["runtime"], f["nodes"])] = {
             "met": f["holds"], "rate_ratio": round(f["rate_ratio"], 3), "loss": f["loss"]}

@@ -242,3 +242,59 @@ def test_bench_measures_ram_after_boot_from_the_image(romfs_bundle, micropython)
     assert got["ram_rom"]["image_bytes"] == (romfs_bundle / "romfs.img").stat().st_size
     assert got["ram_rom"]["config_dropped"] and got["ram_rom"]["sensors"] == 1
     assert got["ram_rom"]["total"] < 0.7 * got["ram"]["total"], (got["ram"]["total"], got["ram_rom"]["total"])
+
+
+STEPPED_DRIVER = """
+import sys
+MP_ARGS = sys.argv[1:]
+MP_STEPPED = True
+f = open(%r)
+exec(f.read())
+f.close()
+steps = 0
+while not STEP_DONE:
+    STEP()
+    steps += 1
+print(steps)
+"""
+
+
+def test_bench_ram_stepped_as_the_webassembly_runner_drives_it(romfs_bundle, micropython, tmp_path):
+    """The webassembly port frees nothing inside one call from JavaScript, so its runner
+    answers each measuring point of bench/mp_node.py in a call of its own (STEP()).
+    Driven that way on the unix port, the figures are those of the in-line driver."""
+    driver = tmp_path / "stepped.py"
+    driver.write_text(STEPPED_DRIVER % str(ROOT / "bench" / "mp_node.py"))
+    runs = {}
+    for name, cmd in (("stepped", [str(driver)]), ("inline", [str(ROOT / "bench" / "mp_node.py")])):
+        proc = subprocess.run([micropython, "-X", "heapsize=256K", *cmd, "ram_rom", str(romfs_bundle)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        lines = proc.stdout.strip().splitlines()
+        runs[name] = json.loads(lines[-2] if name == "stepped" else lines[-1])
+        if name == "stepped":
+            # one step per measuring point: baseline, each module, config, boot, running
+            assert int(lines[-1]) == len(runs[name]["modules"]) + 4
+    a, b = runs["stepped"], runs["inline"]
+    assert a["config_dropped"] and b["config_dropped"]
+    assert set(a["modules"]) == set(b["modules"])
+    # the same code imported the same way: totals agree to the qstr pools' steps
+    assert abs(a["total"] - b["total"]) <= 4096, (a["total"], b["total"])
+
+
+def test_bench_ram_of_an_esp32_bundle_boots_the_board_hal(tmp_path, micropython):
+    """bench/mp_node.py ram_esp32: the board HAL joins the fake access point, takes the
+    time from NTP and the node publishes, so its figure is a working node's."""
+    cfg = tmp_path / "node.json"
+    cfg.write_text(json.dumps({"node": 7, "bases": [["127.0.0.1", 5684]],
+                               "wifi": {"ssid": "lab", "password": "secret"},
+                               "sensors": [{"topic": "temp", "kind": "sine", "period_ms": 1000}]}))
+    build_bundle("esp32", cfg, tmp_path / "esp32")
+    proc = subprocess.run([micropython, "-X", "heapsize=256K", str(ROOT / "bench" / "mp_node.py"),
+                           "ram_esp32", str(tmp_path / "esp32"), str(ROOT / "tests")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["link_up"] and r["time_base"] and r["published"] >= 4
+    assert "firmware.hal_board" in r["modules"] and r["config_dropped"]
+    assert r["total"] == r["imports"] + r["node_boot"] + r["node_running"]
