@@ -77,6 +77,7 @@ from protocol import messages
 from protocol.framing import FrameDecoder, encode_frame_into, max_encoded_len
 from protocol.link import Link, LinkError, DATA_OVERHEAD
 from firmware import sensors
+from firmware.node import new_epoch, save_epoch   # loaded already: main() runs in node.py
 from firmware.outbox import (Queue, Log, DeadLetters, pdiff, Q_OWN, Q_FWD, Q_STATUS, Q_DEAD,
                              KIND_OWN, KIND_FWD)
 
@@ -87,7 +88,6 @@ except ImportError:  # CPython
         return x
 
 _MP = sys.implementation.name == "micropython"
-_EPOCH_FILE = "epoch"
 _COUNTERS_FILE = "counters.json"
 _LOG_PREFIX = "ob"
 _DEAD_FILE = "deadletter"
@@ -144,6 +144,7 @@ class ChainNode:
         self.hal = hal
         self.node_id = cfg.node
         self.epoch = 0
+        self.epoch_saved = True   # False while the epoch file could not be written
         self.next_seq = 0
         self.uptime = 0
         self._ticks = 0
@@ -225,15 +226,9 @@ class ChainNode:
     def boot(self, now=None):
         hal = self.hal
         cfg = self.cfg
-        raw = hal.read_file(_EPOCH_FILE)
-        prev = 0
-        if raw:
-            try:
-                prev = int(raw)
-            except ValueError:
-                hal.log("epoch file unreadable (%r): starting from 0" % (raw,))
-        self.epoch = prev + 1
-        hal.write_file_atomic(_EPOCH_FILE, str(self.epoch).encode())
+        # the UDP node's epoch file and rule: a full flash does not stop the node
+        self.epoch = new_epoch(hal)
+        self.epoch_saved = save_epoch(hal, self.epoch, True)
         self._ticks = hal.ticks_ms() if now is None else now
         # an EVENT is at most max_payload bytes; the writer's buffer leaves room to notice
         self.writer = messages.EventWriter(self.node_id, self.epoch, self.max_payload + 300)
@@ -310,6 +305,8 @@ class ChainNode:
                     if s.next_due <= up:    # fell a whole period behind: skip, keep cadence
                         s.next_due = up + s.period_ms
         if up >= self.next_status:
+            if not self.epoch_saved:
+                self.epoch_saved = save_epoch(self.hal, self.epoch, False)
             self.queue_status()
             self.next_status += self.cfg.status_every_ms
             if self.next_status <= up:
@@ -897,7 +894,7 @@ class ChainNode:
                "rx_bad": self.rx_bad, "misrouted": self.misrouted,
                "ctrl_down": self.ctrl_down, "ctrl_dropped": self.ctrl_dropped,
                "statuses": self.statuses, "uptime": self.uptime, "hop": self.hop,
-               "time_base": self.time_base, "durable": self.log is not None,
+               "epoch_saved": self.epoch_saved, "time_base": self.time_base, "durable": self.log is not None,
                "replayed": self.replayed, "replay_shed": self.replay_shed,
                "mem_errors": self.mem_errors,
                "flash_errors": self.flash_errors + (self.log.flash_errors if self.log else 0),

@@ -12,6 +12,9 @@
 #
 # Boot: the epoch in flash (file "epoch") is read, incremented and written back
 # (temporary file + rename) before anything is sent, so (epoch, seq) never repeats.
+# A write that fails (a full flash) does not stop the node: it runs on the new epoch,
+# tries the write again at each STATUS and reports epoch_saved; until a write lands,
+# a reboot would number its events with this epoch again (logged).
 # Static bases from node.json become permanent subscriptions and get a STATUS.
 # A wake from deep sleep (board HALs: hal.resume() returns the saved record) is not
 # a new boot: epoch, next seq, uptime, time base and sensor schedule continue and
@@ -106,6 +109,7 @@ class Node:
         self.time_base = None
         self._tb_clock = False    # time_base came from the HAL's synced clock (NTP)
         self.resumed = False      # this boot continued an epoch after deep sleep
+        self.epoch_saved = True   # False while the epoch file could not be written
         self.done = False
         self.booted = False
         # counters (STATUS keys in protocol/codes.py)
@@ -169,15 +173,8 @@ class Node:
             resume = None
         self.resumed = resume is not None
         if resume is None:
-            raw = hal.read_file(_EPOCH_FILE)
-            prev = 0
-            if raw:
-                try:
-                    prev = int(raw)
-                except ValueError:
-                    hal.log("epoch file unreadable (%r): starting from 0" % (raw,))
-            self.epoch = prev + 1
-            hal.write_file_atomic(_EPOCH_FILE, str(self.epoch).encode())
+            self.epoch = new_epoch(hal)
+            self.epoch_saved = save_epoch(hal, self.epoch, True)
         else:
             # uptime: the record holds uptime + the sleep; a clock that ran through the
             # sleep (ESP32 RTC after NTP) also counts the wake's boot and Wi-Fi join
@@ -258,6 +255,8 @@ class Node:
                           or up - self._b_t[0] >= self.cfg.batch_ms):
             self._flush_batch()
         if up >= self.next_status:
+            if not self.epoch_saved:
+                self.epoch_saved = save_epoch(self.hal, self.epoch, False)
             self._send_status_all()
             self.next_status += self.cfg.status_every_ms
             if self.next_status <= up:
@@ -501,13 +500,42 @@ class Node:
     # --- reports ----------------------------------------------------------------------------
     def report(self):
         # Final numbers as a JSON-friendly dict (the simulator collects these).
-        return {"node": self.node_id, "epoch": self.epoch, "published": self.published,
+        return {"node": self.node_id, "epoch": self.epoch, "epoch_saved": self.epoch_saved,
+                "published": self.published,
                 "last_seq": self.next_seq - 1 if self.next_seq else None,
                 "dropped": self.dropped, "rate_shed": self.rate_shed, "rx_bad": self.rx_bad,
                 "send_errors": self.send_errors, "statuses": self.statuses,
                 "uptime": self.uptime, "subscribers": len(self.subs),
                 # base id -> since: the seqs published before that base subscribed
                 "since": dict((e.base, e.since) for e in self.subs.entries)}
+
+
+def new_epoch(hal):
+    # this boot's epoch: the one in flash + 1 (0 + 1 without a readable file)
+    raw = hal.read_file(_EPOCH_FILE)
+    prev = 0
+    if raw:
+        try:
+            prev = int(raw)
+        except ValueError:
+            hal.log("epoch file unreadable (%r): starting from 0" % (raw,))
+    return prev + 1
+
+
+def save_epoch(hal, epoch, first):
+    # Write the epoch file; False if the flash refused (full, worn): the node runs on
+    # and its caller tries again later. Logged on the first failure and on success
+    # after one, not on every retry.
+    try:
+        hal.write_file_atomic(_EPOCH_FILE, str(epoch).encode())
+    except OSError as e:
+        if first:
+            hal.log("epoch %d not saved (%s): running on; until it is saved, a reboot "
+                    "repeats this epoch" % (epoch, e))
+        return False
+    if not first:
+        hal.log("epoch %d saved" % epoch)
+    return True
 
 
 def make_hal(flash_dir=None, stdin_control=False, platform=None, **board):

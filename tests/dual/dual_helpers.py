@@ -31,21 +31,29 @@ class Lcg:
 
 class DictFlash:
     # A dict as a board's flash, for firmware code that takes a HAL: every append and
-    # atomic write is committed at once (littlefs does so on close).
+    # atomic write is committed at once (littlefs does so on close). full = True: every
+    # write fails as littlefs does when no block is free (OSError ENOSPC).
     def __init__(self, files=None):
         self.files = {} if files is None else files
         self.appends = 0
         self.renames = 0
         self.logs = []
+        self.full = False
 
     def read_file(self, name):
         return self.files.get(name)
 
+    def _check_space(self):
+        if self.full:
+            raise OSError(28, "ENOSPC")
+
     def write_file_atomic(self, name, data):
+        self._check_space()
         self.files[name] = bytes(data)
         self.renames += 1
 
     def append_file(self, name, data):
+        self._check_space()
         self.files[name] = self.files.get(name, b"") + bytes(data)
         self.appends += 1
 

@@ -110,11 +110,7 @@ def test_a_full_flash_is_counted_and_the_chain_delivers_on():
     w = World(3, seed=31, durable=True)
     w.run(1500)
     hal = w.hals[1]
-
-    def full(*args):
-        raise OSError(28, "ENOSPC")
-    hal.append_file = full
-    hal.write_file_atomic = full
+    hal.full = True
     w.run(4000)
     n2 = w.nodes[1]
     assert n2.report()["flash_errors"] > 0 and not n2.done
@@ -123,6 +119,31 @@ def test_a_full_flash_is_counted_and_the_chain_delivers_on():
     assert w.settle()
     check_exactly_once(w)
     assert len(w.base.ids(2)) == w.published(2) and len(w.base.ids(3)) == w.published(3)
+
+
+def test_a_full_flash_at_boot_does_not_stop_a_chain_node():
+    # node 2 reboots with a full flash: it cannot write its epoch file (nor open its
+    # log). It runs on with the new epoch, retries the write at each STATUS, and once
+    # there is space again the epoch is saved, so the next boot counts on from it.
+    w = World(3, seed=7, durable=True)
+    w.run(1500)
+    assert w.files[1]["epoch"] == b"1"
+    w.full_flash.add(2)
+    n2 = w.reboot(2)
+    assert n2.epoch == 2 and not n2.epoch_saved and w.files[1]["epoch"] == b"1"
+    assert not n2.done and any("epoch 2 not saved" in line for line in w.hals[1].logs)
+    w.run(3000)
+    assert not n2.report()["epoch_saved"]
+    w.hals[1].full = False
+    w.run(3000)
+    assert n2.report()["epoch_saved"] and w.files[1]["epoch"] == b"2"
+    assert "epoch 2 saved" in w.hals[1].logs
+    w.pause()
+    assert w.settle()
+    check_exactly_once(w)
+    assert any(e[0] == 2 and e[1] == 2 for e in w.base.events)   # its events on epoch 2
+    w.full_flash.discard(2)
+    assert w.reboot(2).epoch == 3
 
 
 def test_dead_letters_reach_the_base_and_cover_what_is_missing():

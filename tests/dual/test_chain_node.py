@@ -260,12 +260,14 @@ class World:
         self.hals = [None] * k
         self.reports = []   # report() of every finished boot
         self.wake = {}
+        self.full_flash = set()   # node ids that boot with a full flash
         for j in range(k):
             self.boot(j + 1)
 
     def boot(self, nid):
         j = nid - 1
         hal = FakeHal(self, self.files[j])
+        hal.full = nid in self.full_flash
         up = FakeUart(self.lines[j][0], self.lines[j][1])
         down = FakeUart(self.lines[j + 1][1], self.lines[j + 1][0]) if j + 1 < self.k else None
         node = ChainNode(self.cfgs[j], hal, up, down, rng=self.rng.u32)

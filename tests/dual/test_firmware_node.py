@@ -24,6 +24,7 @@ class FakeHal:
         self.logs = []
         self.wall = wall
         self.fail_send = False
+        self.full = False       # a full flash: writes fail with ENOSPC
 
     def ticks_ms(self):
         return self.now
@@ -67,6 +68,8 @@ class FakeHal:
         return self.files.get(name)
 
     def write_file_atomic(self, name, data):
+        if self.full:
+            raise OSError(28, "ENOSPC")
         self.files[name] = bytes(data)
 
     def free_mem(self):
@@ -143,6 +146,29 @@ def test_epoch_grows_on_every_boot():
     files["epoch"] = b"garbage"
     node, hal = make_node(FakeHal(files))
     assert node.epoch == 1 and hal.logs
+
+
+def test_a_full_flash_at_boot_does_not_stop_the_node():
+    # the epoch file cannot be written: the node runs on the new epoch (a node that
+    # stopped here would boot-loop), retries at each STATUS and logs only the first
+    # failure and the success
+    files = {"epoch": b"4"}
+    hal = FakeHal(files)
+    hal.full = True
+    node, hal = make_node(hal)
+    assert node.epoch == 5 and not node.epoch_saved and files["epoch"] == b"4"
+    run_for(node, hal, 2500)
+    events = decoded(hal, STATIC, Event)
+    assert len(events) >= 40 and all(e.epoch == 5 for e in events)
+    assert [s.epoch for s in decoded(hal, STATIC, Status)] == [5, 5, 5]
+    assert sum("epoch 5 not saved" in line for line in hal.logs) == 1
+    assert not node.report()["epoch_saved"]
+    hal.full = False          # space again: saved with the next STATUS
+    run_for(node, hal, 1000)
+    assert node.epoch_saved and files["epoch"] == b"5" and node.report()["epoch_saved"]
+    assert "epoch 5 saved" in hal.logs
+    node, hal = make_node(FakeHal(files))
+    assert node.epoch == 6
 
 
 def test_events_have_seq_t_and_values_across_a_ticks_wrap():
