@@ -172,8 +172,11 @@ class ChainNode:
             self.sensors = sensors.make(cfg.sensors, cfg.node, cfg.float32)
         self._tb_clock = False   # the time base comes from the board's clock (NTP)
         self.caps = codes.CAP_SERIAL | (codes.CAP_DURABLE if cfg.durable else 0)
-        self.own = Queue(Q_OWN, cfg.outbox_max, cfg.outbox_max_bytes, cfg.outbox_policy, _SLACK)
-        self.fwd = Queue(Q_FWD, cfg.forward_max, cfg.forward_max_bytes, "block", _SLACK, True)
+        # forwarded messages need no ids; log positions only with a durable outbox
+        self.own = Queue(Q_OWN, cfg.outbox_max, cfg.outbox_max_bytes, cfg.outbox_policy, _SLACK,
+                         False, True, cfg.durable)
+        self.fwd = Queue(Q_FWD, cfg.forward_max, cfg.forward_max_bytes, "block", _SLACK, True,
+                         False, cfg.durable)
         self.log = None
         if cfg.durable:
             lg = cfg.log

@@ -5,8 +5,9 @@
 # Theory of operation
 # -------------------
 # Queue: a bounded FIFO ring of entries. An entry is one encoded Starling message (bytes)
-# plus its ids (epoch, seq: an own EVENT's identity; 0, 0 for forwarded messages), its log
-# position (durable mode) and a retry count. Entries move WAITING -> OFFERED -> DONE:
+# plus its ids (epoch, seq: an own EVENT's identity; a queue made with ids=False, the
+# forward queue, keeps none), its log position (a queue made with positions=False keeps
+# none: no log) and a retry count. Entries move WAITING -> OFFERED -> DONE:
 #     q.peek() -> msg; link.offer(msg, q.ticket()) succeeded -> q.commit()
 #     link.poll_acked() ticket -> q.done(ticket)   (dead tickets too, after dead-lettering)
 # WAITING entries are always a suffix of the ring (entries are offered in order), so the
@@ -111,7 +112,8 @@ pdiff = _diff
 
 
 class Queue:
-    def __init__(self, qid, max_entries, max_bytes, policy="block", slack=0, keep=False):
+    def __init__(self, qid, max_entries, max_bytes, policy="block", slack=0, keep=False,
+                 ids=True, positions=True):
         if policy not in POLICIES:
             raise OutboxError("policy must be one of %s, got %r" % (", ".join(POLICIES), policy))
         if max_entries < 1 or max_bytes < 1:
@@ -124,9 +126,10 @@ class Queue:
         cap = max_entries + slack     # slack: room for replay beyond the publish bound
         self.cap = cap
         self._msg = [None] * cap
-        self._epoch = _zeros("I", cap, 4)
-        self._seq = _zeros("I", cap, 4)
-        self._pos = _zeros("I", cap, 4)   # log position (durable), else 0
+        # ids and log positions only where they are used: 8 and 4 bytes an entry
+        self._epoch = _zeros("I", cap, 4) if ids else None
+        self._seq = _zeros("I", cap, 4) if ids else None
+        self._pos = _zeros("I", cap, 4) if positions else None   # log position
         self._tk = _zeros("I", cap, 4)    # ticket
         self._st = _zeros("H", cap, 2)    # state | tries << 2 (tries saturate at 16383)
         self._h = 0                   # ring index of the oldest entry
@@ -169,9 +172,11 @@ class Queue:
                 self._evict()
         i = (self._h + self.n) % self.cap
         self._msg[i] = msg
-        self._epoch[i] = epoch
-        self._seq[i] = seq
-        self._pos[i] = pos
+        if self._epoch is not None:
+            self._epoch[i] = epoch
+            self._seq[i] = seq
+        if self._pos is not None:
+            self._pos[i] = pos
         self._serial = (self._serial + 1) & _SERIAL_MASK
         self._tk[i] = (self._serial << 2) | self.qid
         self._st[i] = WAITING | (min(tries, 0x3FFF) << 2)
@@ -189,13 +194,16 @@ class Queue:
         j = (h + self.w) % cap
         self.bytes -= len(self._msg[j])
         k = self.w
+        ep, sq, ps = self._epoch, self._seq, self._pos
         while k > 0:
             dst = (h + k) % cap
             src = (h + k - 1) % cap
             self._msg[dst] = self._msg[src]
-            self._epoch[dst] = self._epoch[src]
-            self._seq[dst] = self._seq[src]
-            self._pos[dst] = self._pos[src]
+            if ep is not None:
+                ep[dst] = ep[src]
+                sq[dst] = sq[src]
+            if ps is not None:
+                ps[dst] = ps[src]
             self._tk[dst] = self._tk[src]
             self._st[dst] = self._st[src]
             k -= 1
@@ -227,8 +235,9 @@ class Queue:
             self.bytes -= len(self._msg[i])
             self._msg[i] = None
         self._st[i] = OFFERED | (min((self._st[i] >> 2) + 1, 0x3FFF) << 2)
-        self.offered_epoch = self._epoch[i]
-        self.offered_seq = self._seq[i]
+        if self._epoch is not None:
+            self.offered_epoch = self._epoch[i]
+            self.offered_seq = self._seq[i]
         self.w += 1
 
     # --- completion --------------------------------------------------------------------
@@ -243,6 +252,8 @@ class Queue:
 
     def set_tail_pos(self, pos):
         # the log position of the newest entry (known only after it was accepted)
+        if self._pos is None:
+            raise OutboxError("this queue keeps no log positions")
         self._pos[(self._h + self.n - 1) % self.cap] = pos
 
     def message(self, k):
@@ -250,6 +261,9 @@ class Queue:
         return self._msg[(self._h + k) % self.cap]
 
     def ids(self, k):
+        # (epoch, seq) of entry k; (0, 0) in a queue that keeps no ids
+        if self._epoch is None:
+            return 0, 0
         i = (self._h + k) % self.cap
         return self._epoch[i], self._seq[i]
 
@@ -283,8 +297,9 @@ class Queue:
         return gone
 
     def front_pos(self):
-        # log position of the oldest entry that is not done, or None when empty
-        if not self.n:
+        # log position of the oldest entry that is not done, or None when empty (or
+        # when the queue keeps no positions)
+        if not self.n or self._pos is None:
             return None
         return self._pos[self._h]
 

@@ -52,6 +52,33 @@ def test_drop_oldest_sheds_the_oldest_waiting_entry_not_those_in_the_link():
     assert q.accepted == 5
 
 
+def test_a_queue_without_ids_or_positions_keeps_its_messages_in_order():
+    # the forward queue keeps no ids, a RAM-only node's queues no log positions: the
+    # ring works the same (eviction shifts, keep, done from the front) without them
+    q = Queue(Q_FWD, 3, 10000, "drop_oldest", 0, True, False, False)
+    assert q.put(ev(0), 1, 0, 123) and q.put(ev(1), 1, 1, 456)
+    taken = []
+    offer_all(q, taken)
+    assert q.offered_epoch == -1               # no ids: nothing to say what was offered
+    assert q.put(ev(2)) and q.put(ev(3))       # full: evicts ev(2), the only waiting one
+    assert q.evicted == 1 and q.message(2) == ev(3)
+    assert [q.message(k) for k in range(2)] == [ev(0), ev(1)]   # kept while in the link
+    assert q.ids(0) == (0, 0) and q.front_pos() is None
+    try:
+        q.set_tail_pos(7)
+        raise AssertionError("set_tail_pos without positions")
+    except OutboxError:
+        pass
+    offer_all(q, taken)
+    assert [m for _, m in taken] == [ev(0), ev(1), ev(3)]
+    for tk, _ in taken:
+        q.done(tk)
+    assert q.n == 0 and q.live == 0 and q.bytes == 0
+    # ids without positions (an own queue without a log): ids kept, no positions
+    o = Queue(Q_OWN, 2, 10000, "block", 0, False, True, False)
+    assert o.put(ev(5), 1, 5, 99) and o.ids(0) == (1, 5) and o.front_pos() is None
+
+
 def test_drop_newest_and_block_count_differently():
     q = Queue(Q_OWN, 2, 10000, "drop_newest")
     assert q.put(ev(0)) and q.put(ev(1))
