@@ -187,6 +187,7 @@ class ChainNode:
         # (at most one poll: window frames)
         self._fin_msg = []
         self._fin_pos = []
+        self._fin_logged = 0         # of _fin_msg, how many were checked (and logged)
         self._fwd_unflushed = 0      # forwarded records in the log buffer (durable)
         self._fwd_since = 0
         self._ack_delay = cfg.log["ack_delay_ms"]
@@ -403,6 +404,8 @@ class ChainNode:
                 if msgs:
                     self._take_forward(msgs, now)
             if self._fin_msg:
+                if self._fin_logged < len(self._fin_msg):   # after a MemoryError
+                    self._log_forward(now)
                 self._move_forward()
         self._fill(self.frame_bytes)
         lg = self.log
@@ -580,37 +583,54 @@ class ChainNode:
         return f.n < f.max and f.bytes < f.max_bytes
 
     def _take_forward(self, msgs, now):
+        # msgs were delivered by the down link, which acknowledges them: they are kept
+        # whole first (no allocation), so a MemoryError in what follows (run() redoes
+        # the step) loses none of them; _fin_logged says how far the checks got
+        self._fin_msg = msgs
+        self._fin_pos = None
+        self._fin_logged = 0
+        self._log_forward(now)
+
+    def _log_forward(self, now):
+        # check (too big: counted, left out) and log (durable) the taken messages
+        ms = self._fin_msg
+        if self._fin_pos is None:
+            self._fin_pos = [0] * len(ms)
+        ps = self._fin_pos
         lg = self.log
-        for m in msgs:
+        k = self._fin_logged
+        while k < len(ms):
+            m = ms[k]
             if len(m) > self.max_payload:
                 self.too_big += 1
-                continue
-            pos = 0
-            if lg is not None:
+                ms[k] = None
+            elif lg is not None:
                 try:
-                    pos = lg.append(KIND_FWD, 0, 0, m, now)
+                    ps[k] = lg.append(KIND_FWD, 0, 0, m, now)
                     if not self._fwd_unflushed:
                         self._fwd_since = now
                     self._fwd_unflushed += 1
                 except OSError as e:   # the link delivered it: forward it, not durably
                     self._flash_failed(e)
-            self._fin_msg.append(m)
-            self._fin_pos.append(pos)
+            k += 1
+            self._fin_logged = k
 
     def _move_forward(self):
         f = self.fwd
         ms = self._fin_msg
         ps = self._fin_pos
         k = 0
-        while k < len(ms):
+        while k < self._fin_logged:
             m = ms[k]
-            if not f.room(len(m)) and f.n:   # an empty queue takes even an oversize one
-                break
-            f.put(m, 0, 0, ps[k], 0, True)
+            if m is not None:
+                if not f.room(len(m)) and f.n:   # an empty queue takes even an oversize one
+                    break
+                f.put(m, 0, 0, ps[k], 0, True)
             k += 1
         if k:
             del ms[:k]
             del ps[:k]
+            self._fin_logged -= k
 
     def _fill(self, limit=0):
         # Offer what goes up next; returns the bytes offered. limit > 0 (small frames):
@@ -681,8 +701,12 @@ class ChainNode:
     def _cursor(self):
         # log position of the oldest record not yet done, or None
         best = None
-        for p in (self.own.front_pos(), self.fwd.front_pos(),
-                  self._fin_pos[0] if self._fin_pos else None):
+        fin = None       # the first taken message that was logged (not too big)
+        for k in range(self._fin_logged):
+            if self._fin_msg[k] is not None:
+                fin = self._fin_pos[k]
+                break
+        for p in (self.own.front_pos(), self.fwd.front_pos(), fin):
             if p is not None and (best is None or pdiff(p, best) < 0):
                 best = p
         return best
