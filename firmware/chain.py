@@ -76,8 +76,7 @@ from protocol import codes
 from protocol import messages
 from protocol.framing import FrameDecoder, encode_frame_into, max_encoded_len
 from protocol.link import Link, LinkError, DATA_OVERHEAD
-from firmware import sensors
-from firmware.node import new_epoch, save_epoch   # loaded already: main() runs in node.py
+from firmware.node import NodeCore, new_epoch, save_epoch, write_counters   # loaded already: main() runs in node.py
 from firmware.outbox import (Queue, Log, DeadLetters, pdiff, Q_OWN, Q_FWD, Q_STATUS, Q_DEAD,
                              KIND_OWN, KIND_FWD)
 
@@ -88,7 +87,6 @@ except ImportError:  # CPython
         return x
 
 _MP = sys.implementation.name == "micropython"
-_COUNTERS_FILE = "counters.json"
 _LOG_PREFIX = "ob"
 _DEAD_FILE = "deadletter"
 _RX_CHUNK = const(256)       # bytes per UART read
@@ -136,22 +134,12 @@ def link_kwargs(window=8, max_payload=256, baud=115200, rto_ms=1000, keepalive_m
             "probe_ms": frame_ms + 5}
 
 
-class ChainNode:
+class ChainNode(NodeCore):
     def __init__(self, cfg, hal, up=None, down=None, rng=None):
         # up/down: UART objects (read_into/any/write); None: opened through the HAL from
         # node.json's uart.up / uart.down at boot. rng: session ids for the links (tests).
-        self.cfg = cfg
-        self.hal = hal
-        self.node_id = cfg.node
-        self.epoch = 0
-        self.epoch_saved = True   # False while the epoch file could not be written
-        self.next_seq = 0
-        self.uptime = 0
-        self._ticks = 0
-        self.time_base = None
+        NodeCore.__init__(self, cfg, hal)
         self.hop = None
-        self.done = False
-        self.booted = False
         self.paused = False
         self.draining = False       # inside _wait(): no sampling
         self.stopping = False       # inside finish(): the down link acknowledges nothing new
@@ -164,13 +152,6 @@ class ChainNode:
         self.max_payload = lk["max_payload"]
         fb = lk["frame_bytes"]
         self.frame_bytes = fb if fb and fb < self.max_payload else 0   # 0: full frames
-        # board HALs add their own kinds (mcu_temp, adc, sht3x) beside the synthetic ones
-        mk = getattr(hal, "make_sensors", None)
-        if mk is not None:
-            self.sensors = mk(cfg.sensors, cfg.node, cfg.float32)
-        else:
-            self.sensors = sensors.make(cfg.sensors, cfg.node, cfg.float32)
-        self._tb_clock = False   # the time base comes from the board's clock (NTP)
         self.caps = codes.CAP_SERIAL | (codes.CAP_DURABLE if cfg.durable else 0)
         # forwarded messages need no ids; log positions only with a durable outbox
         self.own = Queue(Q_OWN, cfg.outbox_max, cfg.outbox_max_bytes, cfg.outbox_policy, _SLACK,
@@ -251,13 +232,7 @@ class ChainNode:
             self.up_uart = hal.uart_open(cfg.uart_up)
         if self.down_uart is None and cfg.uart_down is not None:
             self.down_uart = hal.uart_open(cfg.uart_down)
-        if cfg.host_clock:
-            # uptime up to now first: opening the log and the UARTs took time since
-            # _ticks was read, and t of every event counts from there
-            self._advance(hal.ticks_ms())
-            wall = hal.wall_ms()
-            if wall is not None:
-                self.time_base = wall - self.uptime
+        self._host_clock()
         self.booted = True
         self._sample_mem(True)
         hal.log("chain node %d epoch %d: %d sensors, downstream %s, durable %s, replayed %d" % (
@@ -281,13 +256,6 @@ class ChainNode:
             ok = False
         if not ok:
             self.replay_shed += 1
-
-    # --- clock --------------------------------------------------------------------------
-    def _advance(self, now):
-        d = self.hal.ticks_diff(now, self._ticks)
-        if d > 0:
-            self.uptime += d
-            self._ticks = now
 
     # --- driving ------------------------------------------------------------------------
     def step(self, now):
@@ -538,26 +506,11 @@ class ChainNode:
         self._to_down(data)
 
     def _announce(self, msg):
-        if msg.wall_ms is None or self._tb_clock:
-            return
-        tb = msg.wall_ms - self.uptime
-        if self.time_base is None or tb - self.time_base > 1000 or self.time_base - tb > 1000:
-            self.time_base = tb
+        if self._take_time_base(msg.wall_ms, True):
             self.queue_status()
 
-    def _clock_time(self):
-        # NTP set the board's clock: the time base comes from it from now on, and
-        # ANNOUNCEs no longer move it (as in node.Node._clock_time)
-        wall = self.hal.wall_ms()
-        if wall is None:
-            return
-        self._advance(self.hal.ticks_ms())
-        self._tb_clock = True
-        tb = wall - self.uptime
-        if self.time_base is None or tb - self.time_base > 1000 or self.time_base - tb > 1000:
-            self.time_base = tb
-            self.hal.log("time base from the board clock: %d" % tb)
-            self.queue_status()
+    def _time_changed(self):    # NodeCore: a new time base from the board's clock
+        self.queue_status()
 
     def _to_down(self, data):
         dn = self.down_link
@@ -954,10 +907,7 @@ class ChainNode:
         rep = self.report()
         rep["paused"] = paused
         text = json.dumps({"report": rep})
-        try:
-            self.hal.write_file_atomic(_COUNTERS_FILE, text.encode())
-        except OSError as e:
-            self.hal.log("cannot write %s: %s" % (_COUNTERS_FILE, e))
+        write_counters(self.hal, text)
         return text
 
 

@@ -97,21 +97,79 @@ _STATUS_KEYS = (1, 2, 4, 5, 6, 7, 8)
 _COUNTERS_FILE = "counters.json"
 
 
-class Node:
+class NodeCore:
+    # What the UDP node (Node, below) and the serial-chain node (firmware/chain.py,
+    # ChainNode) share: identity, the boot epoch, uptime from the HAL's ticks, the time
+    # base and where it comes from, and the sensors. A subclass says in
+    # _time_changed() how the base hears of a new time base (a STATUS).
     def __init__(self, cfg, hal):
         self.cfg = cfg
         self.hal = hal
         self.node_id = cfg.node
         self.epoch = 0
+        self.epoch_saved = True   # False while the epoch file could not be written
         self.next_seq = 0
         self.uptime = 0
         self._ticks = 0
         self.time_base = None
         self._tb_clock = False    # time_base came from the HAL's synced clock (NTP)
-        self.resumed = False      # this boot continued an epoch after deep sleep
-        self.epoch_saved = True   # False while the epoch file could not be written
         self.done = False
         self.booted = False
+        # board HALs add their own kinds (mcu_temp, adc, sht3x) beside the synthetic ones
+        mk = getattr(hal, "make_sensors", None)
+        if mk is not None:
+            self.sensors = mk(cfg.sensors, cfg.node, cfg.float32)
+        else:
+            self.sensors = sensors.make(cfg.sensors, cfg.node, cfg.float32)
+
+    def _advance(self, now):
+        d = self.hal.ticks_diff(now, self._ticks)
+        if d > 0:
+            self.uptime += d
+            self._ticks = now
+
+    def _host_clock(self):
+        # node.json host_clock (the simulator): the host's clock gives the time base at
+        # boot; uptime is brought up to now first (opening sockets, UARTs and the log
+        # took time since boot read the ticks, and every t counts from there)
+        if self.cfg.host_clock:
+            self._advance(self.hal.ticks_ms())
+            wall = self.hal.wall_ms()
+            if wall is not None:
+                self.time_base = wall - self.uptime
+
+    def _take_time_base(self, wall, announced=False):
+        # wall - uptime becomes the time base when there is none or it moved by more
+        # than 1 s (jitter of an ANNOUNCE's delivery does not count); True then.
+        # announced: wall is an ANNOUNCE's wall_ms (None: it has none), which does not
+        # count once the board's clock gives the time base.
+        if announced and (wall is None or self._tb_clock):
+            return False
+        tb = wall - self.uptime
+        if self.time_base is None or tb - self.time_base > 1000 or self.time_base - tb > 1000:
+            self.time_base = tb
+            return True
+        return False
+
+    def _clock_time(self, announce=True):
+        # The HAL's wall clock is set (NTP on a board): time_base from it, replacing
+        # one learned from an ANNOUNCE when they differ by more than 1 s; from now on
+        # ANNOUNCEs no longer move it. announce: tell the base (_time_changed).
+        wall = self.hal.wall_ms()
+        if wall is None:
+            return
+        self._advance(self.hal.ticks_ms())   # uptime at the same moment as wall
+        self._tb_clock = True
+        if self._take_time_base(wall):
+            self.hal.log("time base from the board clock: %d" % self.time_base)
+            if announce:
+                self._time_changed()
+
+
+class Node(NodeCore):
+    def __init__(self, cfg, hal):
+        NodeCore.__init__(self, cfg, hal)
+        self.resumed = False      # this boot continued an epoch after deep sleep
         # counters (STATUS keys in protocol/codes.py)
         self.published = 0
         self.dropped = 0
@@ -119,12 +177,6 @@ class Node:
         self.rx_bad = 0
         self.send_errors = 0
         self.statuses = 0
-        # board HALs add their own kinds (mcu_temp, adc, sht3x) beside the synthetic ones
-        mk = getattr(hal, "make_sensors", None)
-        if mk is not None:
-            self.sensors = mk(cfg.sensors, cfg.node, cfg.float32)
-        else:
-            self.sensors = sensors.make(cfg.sensors, cfg.node, cfg.float32)
         self._topic_cbor = [nodewire.text(s.topic) for s in self.sensors]
         # the topics are fixed: each subscriber keeps a flag per sensor (want[i])
         self.subs = Table(cfg.max_subscribers, [s.topic for s in self.sensors])
@@ -191,10 +243,7 @@ class Node:
         self.tx = hal.udp_open(0, False, True)
         if self.cfg.discovery_port is not None:
             self.rx = hal.udp_open(self.cfg.discovery_port, True, True, self.cfg.discovery_bind)
-        if self.cfg.host_clock:
-            wall = hal.wall_ms()
-            if wall is not None:
-                self.time_base = wall - self.uptime
+        self._host_clock()
         synced = getattr(hal, "time_synced", None)
         if synced is not None:
             synced()   # a sync during hal.begin(): wall_ms() below has it
@@ -210,28 +259,8 @@ class Node:
             self.node_id, self.epoch, " (resumed at seq %d)" % self.next_seq if self.resumed else "",
             len(self.sensors), len(self.cfg.bases), self.cfg.discovery_port))
 
-    # --- clock ----------------------------------------------------------------------
-    def _clock_time(self, announce=True):
-        # The HAL's wall clock is set (NTP on a board): time_base from it, replacing
-        # one learned from an ANNOUNCE when they differ by more than 1 s; from now on
-        # ANNOUNCEs no longer move it. announce: send every subscriber a STATUS.
-        wall = self.hal.wall_ms()
-        if wall is None:
-            return
-        self._advance(self.hal.ticks_ms())   # uptime at the same moment as wall
-        self._tb_clock = True
-        tb = wall - self.uptime
-        if self.time_base is None or tb - self.time_base > 1000 or self.time_base - tb > 1000:
-            self.time_base = tb
-            self.hal.log("time base from the board clock: %d" % tb)
-            if announce:
-                self._send_status_all()
-
-    def _advance(self, now):
-        d = self.hal.ticks_diff(now, self._ticks)
-        if d > 0:
-            self.uptime += d
-            self._ticks = now
+    def _time_changed(self):
+        self._send_status_all()
 
     # --- driving ----------------------------------------------------------------------
     def step(self, now):
@@ -344,12 +373,7 @@ class Node:
         # msg: nodewire.announce_fields() (base, host, port, filters, max_rate, lease, wall_ms)
         base, host, port, filters, max_rate, lease, wall_ms = msg
         up = self.uptime
-        time_changed = False
-        if wall_ms is not None and not self._tb_clock:
-            tb = wall_ms - up
-            if self.time_base is None or tb - self.time_base > 1000 or self.time_base - tb > 1000:
-                self.time_base = tb
-                time_changed = True
+        time_changed = self._take_time_base(wall_ms, True)
         if not port:
             raise nodewire.ProtocolError("ANNOUNCE port 0")
         if host:
@@ -538,6 +562,14 @@ def save_epoch(hal, epoch, first):
     return True
 
 
+def write_counters(hal, text):
+    # the final report (JSON text) in flash as counters.json; a full flash only logs
+    try:
+        hal.write_file_atomic(_COUNTERS_FILE, text.encode())
+    except OSError as e:
+        hal.log("cannot write %s: %s" % (_COUNTERS_FILE, e))
+
+
 def make_hal(flash_dir=None, stdin_control=False, platform=None, **board):
     # The HAL of this platform (sys.platform, or `platform`): "esp32" -> Esp32Hal,
     # "rp2" -> PicoHal (flash at "/" unless flash_dir), anything else (linux, darwin,
@@ -656,10 +688,7 @@ def main(flash_dir=None, hal=None, stdin_control=False):
     finally:
         rep = node.report()
         text = json.dumps({"report": rep})
-        try:
-            hal.write_file_atomic(_COUNTERS_FILE, text.encode())
-        except OSError as e:
-            hal.log("cannot write %s: %s" % (_COUNTERS_FILE, e))
+        write_counters(hal, text)
         print(text)
         close = getattr(hal, "close", None)
         if close is not None:
