@@ -107,6 +107,9 @@ def add_station_arguments(p: argparse.ArgumentParser, udp_default: str = "0.0.0.
                    help="UDP receive buffer to ask for (default %(default)s; the kernel grants "
                         "twice that, capped by net.core.rmem_max without CAP_NET_ADMIN); "
                         "high-rate stations: 33554432")
+    g.add_argument("--reader-process", action="store_true",
+                   help="read each UDP socket in a separate process (Linux), so receiving and "
+                        "decoding use two cores: for high-rate stations")
     g.add_argument("--keys", metavar="FILE",
                    help='JSON {"<node id>": "<hex key>"}: accept only messages signed by these nodes')
     o = p.add_argument_group("output")
@@ -150,7 +153,8 @@ def build_station(args: argparse.Namespace, **overrides: Any):
         announce=not args.no_announce and not serial_only, base_id=args.base_id,
         advertise=(adv[0], adv[1] or None), filters=args.filter or ["#"],
         max_rate=args.max_rate, lease=args.lease, keys=keys, sinks=sinks,
-        max_datagram=args.max_datagram, rcvbuf=args.rcvbuf)
+        max_datagram=args.max_datagram, rcvbuf=args.rcvbuf,
+        reader_process=getattr(args, "reader_process", False))
     kw.update(overrides)
     station = BaseStation(**kw)
     if serial_ports:

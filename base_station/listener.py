@@ -22,6 +22,11 @@ holds ~220 ms. High-rate stations should ask for more (RCVBUF_LARGE, 32 MB asked
 64 MB granted: ~1.7 s there); when the kernel grants less than asked
 (net.core.rmem_max without CAP_NET_ADMIN), a warning says so.
 
+With `reader_process=True` (Linux) the system calls move to a separate process
+(base_station/udp_reader.py: it reads the socket and hands records through a pipe,
+so this process only decodes); if that process cannot start or dies, the listener
+logs it and reads the socket itself.
+
 Datagrams are read into a 64 KiB buffer (a UDP payload is at most 65507 bytes over
 IPv4); the station rejects anything above its `max_datagram` (default
 protocol.codes.MAX_DATAGRAM, 1400) as oversize, so a truncated read cannot be
@@ -38,8 +43,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
 import socket
 import struct
+import subprocess
 import sys
 import time
 from typing import Any, Callable
@@ -47,7 +54,7 @@ from typing import Any, Callable
 from protocol import codes
 from protocol.messages import Announce
 
-from base_station import wire
+from base_station import udp_reader, wire
 
 log = logging.getLogger("starling.base.listener")
 
@@ -59,6 +66,10 @@ RCVBUF = 4 * 1024 * 1024
 RCVBUF_LARGE = 32 * 1024 * 1024   # for high-rate stations
 READ_SIZE = 65536
 BURST = 512          # datagrams read per wake-up before yielding to the loop
+PIPE_READ = 256 * 1024   # reader process: bytes of records taken per wake-up
+PIPE_SIZE = 1024 * 1024  # reader process: pipe capacity asked for (F_SETPIPE_SZ)
+F_SETPIPE_SZ = 1031      # Linux include/uapi/linux/fcntl.h
+STOP_TIMEOUT = 5.0       # seconds close() waits for the reader process to hand over the rest
 
 
 def parse_hostport(text: str, default_host: str = "0.0.0.0", default_port: int = 0) -> tuple[str, int]:
@@ -119,13 +130,16 @@ class UdpListener(asyncio.DatagramProtocol):
         host, port: where to bind (port 0: any free port, see `address`).
         rcvbuf: requested SO_RCVBUF in bytes (see RCVBUF_LARGE); `rcvbuf_actual` is
             what the kernel granted.
+        reader_process: read the socket in a separate process (Linux; see the module
+            docstring); `reader_pid` is its pid while it runs.
     Raises:
         ValueError: rcvbuf is not a positive int (at construction).
         OSError: the address cannot be bound (from start).
     """
 
     def __init__(self, ingest: Callable[[bytes, Any], None], host: str = "0.0.0.0",
-                 port: int = codes.UDP_PORT, rcvbuf: int = RCVBUF, burst: int = BURST):
+                 port: int = codes.UDP_PORT, rcvbuf: int = RCVBUF, burst: int = BURST,
+                 reader_process: bool = False):
         if type(rcvbuf) is not int or rcvbuf <= 0:
             raise ValueError("rcvbuf must be a positive number of bytes, got %r" % (rcvbuf,))
         self.ingest = ingest
@@ -143,6 +157,18 @@ class UdpListener(asyncio.DatagramProtocol):
         self._loop: asyncio.AbstractEventLoop | None = None
         self.rcvbuf_actual = 0
         self._address: tuple[str, int] = (host, 0)
+        self.reader_process = reader_process
+        self._proc: subprocess.Popen | None = None
+        self._pipe: int | None = None
+        self._records: udp_reader.RecordReader | None = None
+        # who reads the socket: "in-process", "process" (a reader process), or "in-process
+        # after the reader process ended"; kept after close()
+        self.reader = "in-process"
+
+    @property
+    def reader_pid(self) -> int | None:
+        """The reader process's pid while one runs, else None."""
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -201,6 +227,15 @@ class UdpListener(asyncio.DatagramProtocol):
         loop = asyncio.get_running_loop()
         self._loop = loop
         sock = self.sock = self.open_socket()
+        if self.reader_process and self._ovfl and hasattr(loop, "add_reader"):
+            try:
+                self._start_reader_process(loop)
+                log.info("listening on %s:%d (rcvbuf %d, reader process %d)", *self.address,
+                         self.rcvbuf_actual, self._proc.pid)
+                return
+            except (OSError, NotImplementedError) as e:
+                log.warning("no reader process for %s:%d (%s): reading in this process",
+                            *self.address, e)
         if self._ovfl:
             try:
                 loop.add_reader(sock.fileno(), self._readable)
@@ -242,6 +277,118 @@ class UdpListener(asyncio.DatagramProtocol):
                 if drops > self._drops:
                     self._drops = drops
 
+    # -- reader process ---------------------------------------------------------------
+    def _start_reader_process(self, loop: asyncio.AbstractEventLoop) -> None:
+        sock = self.sock
+        assert sock is not None
+        r, w = os.pipe()
+        try:
+            try:
+                import fcntl
+                fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
+            except (ImportError, OSError):
+                pass          # the default (64 KiB) works, with less slack
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", udp_reader.__file__, str(sock.fileno()), str(w), str(self.burst)],
+                stdin=subprocess.PIPE, pass_fds=(sock.fileno(), w), close_fds=True)
+        except BaseException:
+            os.close(r)
+            os.close(w)
+            raise
+        os.close(w)
+        os.set_blocking(r, False)
+        self._pipe = r
+        self._records = udp_reader.RecordReader(self.ingest)
+        try:
+            loop.add_reader(r, self._from_reader)
+        except BaseException:
+            self._stop_reader_process(drain=False)
+            raise
+        self._reader = True
+        self.reader = "process"
+
+    def _from_reader(self) -> None:
+        try:
+            data = os.read(self._pipe, PIPE_READ) if self._pipe is not None else b""
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            log.warning("reader process pipe for %s:%d: %s", *self.address, e)
+            data = b""
+        if not data or not self._take_records(data):
+            self._reader_ended()
+
+    def _take_records(self, data: bytes) -> bool:
+        # False: the stream is broken (never expected: the reader is ended)
+        rec = self._records
+        assert rec is not None
+        try:
+            self.datagrams += rec.feed(data)
+        except ValueError as e:
+            log.error("%s:%d: %s", *self.address, e)
+            return False
+        if rec.drops > self._drops:
+            self._drops = rec.drops
+        self.errors = rec.errors
+        return True
+
+    def _reader_ended(self) -> None:
+        # the reader process died (or its stream broke): take the socket back
+        proc = self._proc
+        code = proc.poll() if proc is not None else None
+        self.reader = "in-process after the reader process ended"
+        self._stop_reader_process(drain=False)
+        log.warning("the reader process for %s:%d ended (exit %s): reading in this process",
+                    *self.address, code)
+        if self._loop is not None and self.sock is not None:
+            self._loop.add_reader(self.sock.fileno(), self._readable)
+            self._reader = True
+
+    def _stop_reader_process(self, drain: bool) -> None:
+        # drain: ask the reader to hand over what the socket holds and read the pipe
+        # to its end (bounded by STOP_TIMEOUT); else just end it
+        proc, r = self._proc, self._pipe
+        self._proc = None
+        if r is not None and self._loop is not None:
+            try:
+                self._loop.remove_reader(r)
+            except (ValueError, OSError):
+                pass
+        if proc is not None:
+            try:
+                if proc.stdin is not None:
+                    proc.stdin.close()     # the reader's signal to stop
+            except OSError:
+                pass
+            if not drain:
+                proc.kill()
+        if r is not None:
+            if drain and proc is not None and self._records is not None:
+                deadline = time.monotonic() + STOP_TIMEOUT
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not select.select([r], [], [], left)[0]:
+                        log.warning("reader process for %s:%d: no end of data after %.0f s",
+                                    *self.address, STOP_TIMEOUT)
+                        break
+                    try:
+                        data = os.read(r, PIPE_READ)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:
+                        break
+                    if not data or not self._take_records(data):
+                        break
+            os.close(r)
+            self._pipe = None
+        if proc is not None:
+            try:
+                proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._reader = False
+
     # asyncio.DatagramProtocol (fallback path)
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.datagrams += 1
@@ -252,6 +399,8 @@ class UdpListener(asyncio.DatagramProtocol):
         log.debug("receive error: %s", exc)
 
     def close(self) -> None:
+        if self._proc is not None or self._pipe is not None:
+            self._stop_reader_process(drain=True)   # what it read is ingested first
         if self.sock is not None:
             self.kernel_drops              # a last read of /proc/net/udp: the kept count is final
         if self._reader and self._loop is not None and self.sock is not None:

@@ -233,6 +233,9 @@ class BaseStation:
         rcvbuf: receive buffer asked for per UDP socket, bytes (default 4 MB; the kernel
             reports twice what it grants, capped by net.core.rmem_max unless the process
             may force it). High-rate stations: listener.RCVBUF_LARGE (32 MB) or more.
+        reader_process: each UDP socket is read by a separate process (Linux), so
+            receiving and decoding run on two cores (base_station/udp_reader.py);
+            for high-rate stations.
     """
 
     def __init__(self, *, udp: Iterable[tuple[str, int]] = (("0.0.0.0", codes.UDP_PORT),),
@@ -243,7 +246,7 @@ class BaseStation:
                  keys: dict[int, auth.Key] | None = None, sinks: Iterable[Sink] = (),
                  max_datagram: int = codes.MAX_DATAGRAM, max_holes: int = MAX_HOLES,
                  keep_epochs: int = KEEP_EPOCHS, rcvbuf: int = RCVBUF,
-                 clock: Callable[[], float] = time.time):
+                 reader_process: bool = False, clock: Callable[[], float] = time.time):
         self.udp = list(udp)
         self.discovery = list(discovery)
         self.announce_enabled = announce and bool(self.discovery)
@@ -268,6 +271,7 @@ class BaseStation:
         if type(rcvbuf) is not int or rcvbuf <= 0:
             raise ValueError("rcvbuf must be a positive number of bytes, got %r" % (rcvbuf,))
         self.rcvbuf = rcvbuf
+        self.reader_process = reader_process
         self.clock = clock
         self.nodes: dict[int, NodeAccount] = {}
         self.listeners: list[UdpListener] = []
@@ -297,7 +301,8 @@ class BaseStation:
         self._loop = asyncio.get_running_loop()
         try:
             for host, port in self.udp:
-                lst = UdpListener(self.ingest, host, port, rcvbuf=self.rcvbuf)
+                lst = UdpListener(self.ingest, host, port, rcvbuf=self.rcvbuf,
+                                  reader_process=self.reader_process)
                 await lst.start()
                 self.listeners.append(lst)
         except BaseException:
@@ -758,6 +763,7 @@ class BaseStation:
         out["uptime"] = round(self.clock() - self.started, 3)
         out["listening"] = ["%s:%d" % a for a in self.addresses]
         out["rcvbuf"] = {"%s:%d" % lst.address: lst.rcvbuf_actual for lst in self.listeners}
+        out["reader"] = {"%s:%d" % lst.address: lst.reader for lst in self.listeners}
         if self.heads:
             out["serial"] = {h.name: h.stats() for h in self.heads}
         return out

@@ -10,6 +10,10 @@ separate sender process on 127.0.0.1 (nothing leaves the loopback interface):
   (the kernel doubles it to 8 MB; --rcvbuf changes it for every UDP receiver).
 * ``starling+sqlite``: the same with SQLiteSink(process=True), what `starling listen`
   runs: every reading written to a SQLite file (WAL) by a writer process.
+* ``starling+reader``: ``starling`` with `reader_process=True` (`starling listen
+  --reader-process`): a separate process does the recvmsg calls and hands the
+  datagrams over a pipe (base_station/udp_reader.py), so receiving and decoding run
+  on two cores, as zenoh's I/O threads do for its subscriber; its CPU counts both.
 * ``json``: a plain asyncio DatagramProtocol doing json.loads and counting readings;
   the same readings as JSON objects ({"node", "epoch", "seq", "t", "topic", "value"},
   a list of them for a batch); the same socket options as Starling's listener.
@@ -93,7 +97,8 @@ from base_station.listener import RCVBUF  # noqa: E402
 from base_station.testing import TestNode  # noqa: E402
 
 PAYLOADS = {"event": 1, "batch20": 20, "batch60": 60}
-SYSTEMS = ("starling", "starling+sqlite", "json", "zenoh", "zenoh+ingest")
+SYSTEMS = ("starling", "starling+reader", "starling+sqlite", "json", "zenoh", "zenoh+ingest")
+STARLING_UDP = ("starling", "starling+reader")      # decode + accounting, no sink
 NODES = 16
 FIRST_NODE = {"event": 1, "batch20": 101, "batch60": 201}
 SEQ0 = 65536            # >= 2**16: a uint32 field is the preferred encoding (RFC 8949 §4.2.1)
@@ -325,21 +330,25 @@ async def _serve_commands(stats, flush=None) -> None:
         sys.stdout.flush()
 
 
-async def starling_receiver(sqlite: bool, rcvbuf: int) -> None:
+async def starling_receiver(sqlite: bool, rcvbuf: int, reader: bool = False) -> None:
     from base_station.sinks import SQLiteSink
     from base_station.station import BaseStation
     tmp = tempfile.mkdtemp(prefix="starling-bench-")
     sinks = [SQLiteSink(os.path.join(tmp, "bench.db"), process=True)] if sqlite else []
-    st = BaseStation(udp=[("127.0.0.1", 0)], announce=False, sinks=sinks, rcvbuf=rcvbuf)
+    st = BaseStation(udp=[("127.0.0.1", 0)], announce=False, sinks=sinks, rcvbuf=rcvbuf,
+                     reader_process=reader)
     await st.start()
     writer = sinks[0]._proc.pid if sinks else None
+    if reader and st.listeners[0].reader_pid is None:
+        raise RuntimeError("the reader process did not start")
 
     def stats() -> dict:
         c = st.counters
         lost = sum(a.totals()["lost"] for a in st.nodes.values())
         out = {"readings": c["readings"], "datagrams": c["datagrams"], "malformed": c["malformed"],
                "internal_errors": c["internal_errors"], "kernel_drops": st.kernel_drops,
-               "lost": lost, "cpu": time.process_time() + (_proc_cpu(writer) if writer else 0.0),
+               "lost": lost, "cpu": time.process_time() + (_proc_cpu(writer) if writer else 0.0)
+               + (_proc_cpu(st.listeners[0].reader_pid) if reader else 0.0),
                "rss_kb": _rss_kb(os.getpid())}
         if sinks:
             out.update(sink_written=sinks[0].written, sink_dropped=sinks[0].dropped,
@@ -688,7 +697,7 @@ def targets(results: dict) -> dict:
     zens = [z for z in ("zenoh", "zenoh+ingest") if z in sysres]
     for zen in zens:
         z = sysres[zen]
-        for system in ("starling", "starling+sqlite"):
+        for system in STARLING_UDP + ("starling+sqlite",):
             for p in PAYLOADS:
                 if p not in z or p not in sysres.get(system, {}):
                     continue
@@ -698,7 +707,7 @@ def targets(results: dict) -> dict:
                     "met": s >= zbest, "starling_zero_loss": s, "zenoh_best_delivered": zbest}
     if not zens:
         out["ge_zenoh"] = {"met": None, "note": results.get("zenoh_note") or "zenoh not run"}
-    best_batch = max((zl("starling", p) or 0.0) for p in ("batch20", "batch60"))
+    best_batch = max((zl(sy, p) or 0.0) for sy in STARLING_UDP for p in ("batch20", "batch60"))
     out["accounted_1M_batched"] = {"met": best_batch >= 1_000_000, "best_zero_loss": best_batch}
     sink = results["sqlite_sink_alone"]["process"]
     e2e = zl("starling+sqlite", "batch20") or 0.0
@@ -749,7 +758,7 @@ def print_table(results: dict) -> None:
           % ", ".join("%s %s/s" % (p, fmt_rate(r)) for p, r in COMMON_RATE.items()))
     print("max 0-loss: best passing paced rate (ladder); full: sender at full speed, offered,"
           " delivered and loss; ÷zenoh: delivered / zenoh's delivered at full speed")
-    for system in ("starling", "starling+sqlite"):
+    for system in STARLING_UDP + ("starling+sqlite",):
         for p, r in sysres.get(system, {}).items():
             a = r.get("accounting_check")
             if a:
@@ -809,8 +818,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.role == "send":
         sender_main(args.system, args.payload, args.port)
         return 0
-    if args.role in ("recv-starling", "recv-starling+sqlite"):
-        asyncio.run(starling_receiver(args.role.endswith("sqlite"), args.rcvbuf))
+    if args.role in ("recv-starling", "recv-starling+sqlite", "recv-starling+reader"):
+        asyncio.run(starling_receiver(args.role.endswith("sqlite"), args.rcvbuf,
+                                      args.role.endswith("reader")))
         return 0
     if args.role == "recv-json":
         asyncio.run(json_receiver(args.rcvbuf))

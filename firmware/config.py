@@ -167,8 +167,8 @@ class Config:
     forward_max = 256
     forward_max_bytes = 8192
     window = 8
-    link = None                # dict: LINK_DEFAULTS with node.json's values
-    log = None                 # dict: LOG_DEFAULTS with node.json's values
+    link = None                # dict: LINK_DEFAULTS with node.json's values (serial only)
+    log = None                 # dict: LOG_DEFAULTS with node.json's values (serial only)
     stop_drain_ms = 1000
 
 
@@ -416,6 +416,8 @@ def _serial(d, c):
     c.log = _section(d, "log", LOG_DEFAULTS, _LOG_RANGES)
     if c.log["segment_bytes"] < c.link["max_payload"] + 32:
         _fail("log.segment_bytes", "at least link.max_payload + 32", c.log["segment_bytes"])
+    if c.transport != "serial":
+        c.link = c.log = None     # checked all the same; only a chain node keeps them (RAM)
     c.stop_drain_ms = _int(d, "stop_drain_ms", "", 0, 600000, 1000)
 
 

@@ -29,13 +29,14 @@ def start_listen(tmp_path, *extra):
     return proc, ("127.0.0.1", port)
 
 
-def test_listen_subprocess_summary_json_and_db(tmp_path):
+@pytest.mark.parametrize("reader", [[], ["--reader-process"]], ids=["inline", "reader-process"])
+def test_listen_subprocess_summary_json_and_db(tmp_path, reader):
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind(("127.0.0.1", 0))
     rx.settimeout(3)
     proc, addr = start_listen(tmp_path, "--discovery", "%s:%d" % rx.getsockname(),
                               "--base-id", "cli-test", "--filter", "lab/#", "--lease", "9",
-                              "--jsonl", str(tmp_path / "l.jsonl"))
+                              "--jsonl", str(tmp_path / "l.jsonl"), *reader)
     try:
         ann = from_fields(cbor2.loads(rx.recv(2048)))
         node = TestNode(11, target=addr, time_base=1_700_000_000_000)
@@ -63,6 +64,7 @@ def test_listen_subprocess_summary_json_and_db(tmp_path):
     assert (n["received"], n["lost"], n["duplicates"], n["skipped"]) == (14, 1, 1, 0)
     assert n["last"] == {"lab/t": 9.0, "lab/b": 4}
     assert s["malformed"] == 1 and s["rejected"] == 0 and s["kernel_drops"] == 0
+    assert list(s["reader"].values()) == ["process" if reader else "in-process"]
     assert s["sinks"]["sqlite"]["written"] == 14
     assert [r.seq for r in read_db(str(tmp_path / "l.db"))] == [0, 1, 2, 3] + list(range(5, 15))
     assert len((tmp_path / "l.jsonl").read_text().splitlines()) == 14

@@ -115,3 +115,15 @@ def test_load_reads_node_json_from_flash():
         assert "not found" in str(e)
     else:
         raise AssertionError("missing node.json accepted")
+
+
+def test_link_and_log_sections_are_checked_for_every_transport_kept_by_serial_only():
+    # a UDP node checks them (a typo is caught before the node is moved to a chain) but
+    # keeps no copy in RAM; a chain node keeps them with the defaults filled in
+    assert "link.keepalive_ms" in _error(_with(link={"keepalive_ms": 5000, "dead_after_ms": 4000}))
+    udp = config.from_dict(_with(link={"max_payload": 128}, log={"flush_ms": 50}))
+    assert udp.link is None and udp.log is None
+    serial = config.from_dict(_with(transport="serial", uart={"up": {"path": "up"}, "down": None},
+                                    link={"max_payload": 128}, log={"flush_ms": 50}))
+    assert serial.link["max_payload"] == 128 and serial.link["max_retries"] == 16
+    assert serial.log["flush_ms"] == 50 and serial.log["segment_bytes"] == 4096
