@@ -231,11 +231,14 @@ class UdpListener(asyncio.DatagramProtocol):
             try:
                 self._start_reader_process(loop)
                 log.info("listening on %s:%d (rcvbuf %d, reader process %d)", *self.address,
-                         self.rcvbuf_actual, self._proc.pid)
+                         self.rcvbuf_actual, self.reader_pid)
                 return
             except (OSError, NotImplementedError) as e:
                 log.warning("no reader process for %s:%d (%s): reading in this process",
                             *self.address, e)
+        elif self.reader_process:
+            log.warning("no reader process for %s:%d (it needs recvmsg and SO_RXQ_OVFL: Linux):"
+                        " reading in this process", *self.address)
         if self._ovfl:
             try:
                 loop.add_reader(sock.fileno(), self._readable)
