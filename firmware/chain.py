@@ -76,7 +76,8 @@ from protocol import codes
 from protocol import messages
 from protocol.framing import FrameDecoder, encode_frame_into, max_encoded_len
 from protocol.link import Link, LinkError, DATA_OVERHEAD
-from firmware.node import NodeCore, new_epoch, save_epoch, write_counters   # loaded already: main() runs in node.py
+# firmware.node is loaded already on a node (its main() starts the chain): no RAM cost
+from firmware.node import NodeCore, new_epoch, save_epoch, write_counters
 from firmware.outbox import (Queue, Log, DeadLetters, pdiff, Q_OWN, Q_FWD, Q_STATUS, Q_DEAD,
                              KIND_OWN, KIND_FWD)
 
