@@ -21,21 +21,10 @@ from base_station import udp_reader
 from base_station.station import BaseStation
 from base_station.testing import TestNode
 from base_station.udp_reader import RecordReader
+from conftest import run, until
 
 pytestmark = pytest.mark.skipif(not hasattr(socket.socket, "recvmsg_into"),
                                 reason="the reader process needs recvmsg (Linux)")
-
-
-def run(coro, timeout=20):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def until(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in %.1f s" % timeout)
-        await asyncio.sleep(0.005)
 
 
 def station(**kw):

@@ -33,6 +33,7 @@ from base_station.station import BaseStation
 from base_station.testing import TestNode
 from sim.wire import VirtualWire
 from test_base_serial_node import ChainTestNode
+from conftest import until
 
 PY = sys.executable
 BAUD = 230400
@@ -43,14 +44,6 @@ FAST = {"rto_ms": 300, "rto_max_ms": 300}
 
 def run(coro, timeout=40):
     return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def until(cond, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("%s not met in %.1f s" % (what, timeout))
-        await asyncio.sleep(0.02)
 
 
 def serial_station(**kw):

@@ -20,20 +20,9 @@ from protocol.messages import Announce, Event, from_fields, head
 from base_station.sinks import CSVSink, JSONLSink, SQLiteSink, read_db
 from base_station.station import BaseStation, load_keys
 from base_station.testing import TestNode, now_ms
+from conftest import run, until
 
 LOCAL = [("127.0.0.1", 0)]
-
-
-def run(coro, timeout=10):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def until(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in %.1f s" % timeout)
-        await asyncio.sleep(0.005)
 
 
 def station(**kw):

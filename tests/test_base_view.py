@@ -19,17 +19,10 @@ from base_station.serial_head import SerialHead
 from base_station.station import BaseStation
 from sim.wire import VirtualWire
 from test_base_serial_node import ChainTestNode
+from conftest import until
 
 PY = sys.executable
 BAUD = 230400
-
-
-async def until(cond, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("%s not met in %.1f s" % (what, timeout))
-        await asyncio.sleep(0.02)
 
 
 def rendered_rows(renderable, width=200) -> list[list[str]]:
