@@ -185,9 +185,10 @@ def _snapshot(chain: Any, head: Any, col: _Collector) -> dict[str, Any]:
 
 
 def _mp_chain(k: int, baud: int, window: int, ber: float, max_payload: int, seed: int,
-              sensors: list[dict[str, Any]], policy: str, workdir: str | None) -> Any:
+              sensors: list[dict[str, Any]], policy: str, workdir: str | None,
+              drop: float = 0.0) -> Any:
     from sim.chain import Chain
-    return Chain(k, baud=baud, ber=ber, durable=False, window=window, seed=seed,
+    return Chain(k, baud=baud, ber=ber, drop=drop, durable=False, window=window, seed=seed,
                  max_payload=max_payload, sensors=sensors, status_every_ms=1000,
                  outbox={"max": 256, "max_bytes": 8192, "policy": policy},
                  host_clock=True, stop_drain_ms=0, workdir=workdir)
@@ -214,11 +215,12 @@ async def _wait(cond, timeout: float) -> bool:
 
 
 async def mp_throughput(k: int, baud: int, window: int, ber: float, *, max_payload: int,
-                        seconds: float, warm: float, n_sensors: int, seed: int) -> dict[str, Any]:
+                        seconds: float, warm: float, n_sensors: int, seed: int,
+                        drop: float = 0.0) -> dict[str, Any]:
     if n_sensors <= 0:
         n_sensors = saturating_sensors(baud, k)
     sensors = [{"topic": "c%d" % i, "kind": "counter", "period_ms": 1} for i in range(n_sensors)]
-    chain = _mp_chain(k, baud, window, ber, max_payload, seed, sensors, "block", None)
+    chain = _mp_chain(k, baud, window, ber, max_payload, seed, sensors, "block", None, drop)
     col = _Collector()
     head = None
     out: dict[str, Any] = {}
@@ -244,7 +246,8 @@ async def mp_throughput(k: int, baud: int, window: int, ber: float, *, max_paylo
                     for j in a["nodes"]}
         host_busy = 1.0 - (b["idle"] - a["idle"]) / max(1.0, b["total"] - a["total"])
         out.update({
-            "sensors_per_node": n_sensors,
+            "sensors_per_node": n_sensors, "frame_bytes": chain.frame_bytes,
+            "events_per_s": round((b["ev_n"] - a["ev_n"]) / dt, 1),
             "duration_s": round(dt, 3), "events": b["ev_n"] - a["ev_n"],
             "event_bytes": ev, "event_Bps": round(ev / dt, 1),
             "share": round(ev / dt / line, 4), "line_busy": round(up / dt / line, 4),
@@ -285,9 +288,9 @@ async def mp_throughput(k: int, baud: int, window: int, ber: float, *, max_paylo
 
 
 async def mp_latency(k: int, baud: int, window: int, ber: float, *, max_payload: int,
-                     seconds: float, rate: float, seed: int) -> dict[str, Any]:
+                     seconds: float, rate: float, seed: int, drop: float = 0.0) -> dict[str, Any]:
     sensors = _sensors_for(rate)
-    chain = _mp_chain(k, baud, window, ber, max_payload, seed, sensors, "drop_oldest", None)
+    chain = _mp_chain(k, baud, window, ber, max_payload, seed, sensors, "drop_oldest", None, drop)
     col = _Collector()
     head = None
     try:
@@ -603,6 +606,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--hops", default="1,4,8")
     ap.add_argument("--windows", default="8,1", help="link windows, side by side")
     ap.add_argument("--bers", default="0,1e-5", help="bit error rates")
+    ap.add_argument("--drops", default="0",
+                    help="shares of bytes lost on every wire (mp only; the chain then uses "
+                         "small frames, sim.chain.auto_frame_bytes)")
     ap.add_argument("--variants", default="mp,model", help="mp (MicroPython processes), model")
     ap.add_argument("--max-payload", type=int, default=256,
                     help="DATA payload bytes (firmware default 256; 128..1016)")
@@ -634,32 +640,36 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     t_start = time.monotonic()
     for baud in _ints(a.bauds):
         for k in _ints(a.hops):
-            for ber in _floats(a.bers):
+            for ber, drop in [(b, d) for b in _floats(a.bers) for d in _floats(a.drops)]:
                 for window in _ints(a.windows):
                     for var in variants:
+                        if drop and var != "mp":
+                            continue      # the model's lines have bit errors only
                         row: dict[str, Any] = {"variant": var, "baud": baud, "hops": k,
-                                               "ber": ber, "window": window,
+                                               "ber": ber, "drop": drop, "window": window,
                                                "max_payload": a.max_payload,
                                                "line_Bps": baud / 10.0}
-                        print("chain: %s %d Bd, %d hops, BER %g, window %d ..." % (
-                            var, baud, k, ber, window), file=sys.stderr, flush=True)
+                        print("chain: %s %d Bd, %d hops, BER %g, drop %g, window %d ..." % (
+                            var, baud, k, ber, drop, window), file=sys.stderr, flush=True)
                         try:
                             if var == "mp":
                                 row["throughput"] = asyncio.run(mp_throughput(
                                     k, baud, window, ber, max_payload=a.max_payload,
                                     seconds=a.seconds, warm=a.warm, n_sensors=a.sensors,
-                                    seed=a.seed))
+                                    seed=a.seed, drop=drop))
                                 if not a.no_latency:
                                     rate = a.latency_rate or loaded_rate(0.05, baud, k)
                                     row["latency"] = asyncio.run(mp_latency(
                                         k, baud, window, ber, max_payload=a.max_payload,
-                                        seconds=a.latency_seconds, rate=rate, seed=a.seed))
+                                        seconds=a.latency_seconds, rate=rate, seed=a.seed,
+                                        drop=drop))
                                     row["latency"]["rate_per_node"] = round(offered_rate(rate), 1)
                                     if a.latency_load > 0:
                                         rate = loaded_rate(a.latency_load, baud, k)
                                         row["latency_loaded"] = asyncio.run(mp_latency(
                                             k, baud, window, ber, max_payload=a.max_payload,
-                                            seconds=a.latency_seconds, rate=rate, seed=a.seed))
+                                            seconds=a.latency_seconds, rate=rate, seed=a.seed,
+                                            drop=drop))
                                         row["latency_loaded"]["load"] = a.latency_load
                                         row["latency_loaded"]["rate_per_node"] = round(
                                             offered_rate(rate), 1)
@@ -708,7 +718,7 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for r in rows:
         tp = r.get("throughput") or {}
-        if "share" not in tp or r["window"] == 1:
+        if "share" not in tp or r["window"] == 1 or r.get("drop"):
             continue
         if r["hops"] == 1 and r["ber"] == 0:
             out.append({"target": "one clean hop >= 90 % of line rate", "variant": r["variant"],
@@ -721,7 +731,7 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for key, what in (("latency", "light load"), ("latency_loaded", "loaded")):
         for r in rows:
             lat = r.get(key) or {}
-            if lat.get("met_p99") is not None and r["window"] != 1:
+            if lat.get("met_p99") is not None and r["window"] != 1 and not r.get("drop"):
                 if key == "latency_loaded":
                     what = "%.0f %% load" % (100 * lat["load"])
                 out.append({"target": "per-hop latency p99 <= 2 frame times + 5 ms (%s)" % what,
@@ -735,28 +745,36 @@ def _f(x: Any, fmt: str = "%.1f") -> str:
     return "" if x is None else fmt % x
 
 
+def _errors(r: dict[str, Any]) -> str:
+    # the BER column: "1e-05", or "1e-04 + 1 % bytes lost"
+    text = "%g" % r["ber"]
+    if r.get("drop"):
+        text += " + %g %% bytes lost" % (100 * r["drop"])
+    return text
+
+
 def table(res: dict[str, Any]) -> str:
-    lines = ["| variant | baud | hops | BER | window | event B/s | share of line | line busy "
+    lines = ["| variant | baud | hops | BER | window | events/s | event B/s | share of line | line busy "
              "| overhead B/event | events/frame | bottleneck | per-hop p50 / p99 ms, light "
              "| per-hop p50 / p99 ms, loaded | target ms | CPU cores: busiest node / all nodes "
              "/ wires+head / other jobs |",
-             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|"]
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|"]
     for r in res["rows"]:
         tp = r.get("throughput") or {}
         lat = r.get("latency") or {}
         ll = r.get("latency_loaded") or {}
         if "error" in r or "share" not in tp:
-            lines.append("| %s | %d | %d | %g | %d | error: %s |" % (
-                r["variant"], r["baud"], r["hops"], r["ber"], r["window"],
+            lines.append("| %s | %d | %d | %s | %d | error: %s |" % (
+                r["variant"], r["baud"], r["hops"], _errors(r), r["window"],
                 r.get("error") or tp.get("error")))
             continue
         ov = tp["overhead"]
         per_ev = ov["link_and_framing_bytes"] / max(1, tp["events"])
         cpu = tp.get("cpu")
-        lines.append("| %s | %d | %d | %g | %d | %.0f | %.1f %% | %.1f %% | %.1f | %.1f | %s "
+        lines.append("| %s | %d | %d | %s | %d | %.0f | %.0f | %.1f %% | %.1f %% | %.1f | %.1f | %s "
                      "| %s / %s | %s / %s | %s | %s |" % (
-                         r["variant"], r["baud"], r["hops"], r["ber"], r["window"],
-                         tp["event_Bps"], 100 * tp["share"], 100 * tp["line_busy"], per_ev,
+                         r["variant"], r["baud"], r["hops"], _errors(r), r["window"],
+                         tp["events"] / tp["duration_s"], tp["event_Bps"], 100 * tp["share"], 100 * tp["line_busy"], per_ev,
                          ov["events_per_frame"], tp.get("bottleneck", ""),
                          _f(lat.get("per_hop_p50_ms")), _f(lat.get("per_hop_p99_ms")),
                          _f(ll.get("per_hop_p50_ms")), _f(ll.get("per_hop_p99_ms")),
