@@ -356,23 +356,31 @@ def _r(x: float | None) -> float | None:
 # ======================================================================================
 
 class _Line:
-    """One direction of a wire in simulated time: frames serialised at baud, bit errors."""
+    """One direction of a wire in simulated time: frames serialised at baud, bit errors,
+    bytes lost (a lost byte takes its line time: the receiver never sees it)."""
 
-    def __init__(self, baud: int, ber: float, rng: random.Random):
+    def __init__(self, baud: int, ber: float, rng: random.Random, drop: float = 0.0):
         self.bt = 10.0 / baud          # seconds per byte
         self.ber = ber
+        self.drop = drop
         self.rng = rng
         self.free = 0.0
         self.q: deque = deque()        # (arrival time, bytes)
         self.bytes = 0
         self.flips = 0
+        self.dropped = 0
         self._skip = self._next_skip()
+        self._dskip = self._geometric(drop)
 
-    def _next_skip(self) -> int:
-        if self.ber <= 0:
+    def _geometric(self, p: float) -> int:
+        # how many trials pass before the next event of probability p (-1: never)
+        if p <= 0:
             return -1
         u = self.rng.random()
-        return int(math.log(1.0 - u) / math.log1p(-self.ber))
+        return int(math.log(1.0 - u) / math.log1p(-p))
+
+    def _next_skip(self) -> int:
+        return self._geometric(self.ber)
 
     def send(self, now: float, data: bytes) -> None:
         start = max(now, self.free)
@@ -387,6 +395,19 @@ class _Line:
                     self._skip += 1 + self._next_skip()
                 data = bytes(b)
             self._skip -= bits
+        if self._dskip >= 0:
+            n = len(data)
+            if self._dskip < n:
+                keep = bytearray()
+                last = 0
+                while 0 <= self._dskip < n:
+                    keep += data[last:self._dskip]
+                    last = self._dskip + 1
+                    self.dropped += 1
+                    self._dskip += 1 + self._geometric(self.drop)
+                keep += data[last:]
+                data = bytes(keep)
+            self._dskip -= n
         self.q.append((self.free, data))
 
     def take(self, now: float) -> list[bytes]:
@@ -418,17 +439,22 @@ class ChainModel:
     """K nodes and a base, Link objects joined by _Line pairs; step() = one tick."""
 
     def __init__(self, k: int, baud: int, window: int, ber: float, max_payload: int,
-                 seed: int, tick_ms: float = 1.0, fwd_max: int = 256):
+                 seed: int, tick_ms: float = 1.0, fwd_max: int = 256, drop: float = 0.0):
+        from sim.chain import auto_frame_bytes
         self.k = k
         self.baud = baud
         rng = random.Random(seed)
-        lk = link_kwargs(window, max_payload, baud, max_retries=64 if ber else 16)
+        # small frames on a lossy line, as sim.chain and the firmware choose them
+        fb = auto_frame_bytes(ber, drop)
+        self.frame_bytes = fb if fb and fb < max_payload else 0
+        lk = link_kwargs(window, max_payload, baud, max_retries=64 if (ber or drop) else 16,
+                         frame_bytes=self.frame_bytes or None)
         self.base = Link(node=0, hop=0, rng=lambda: rng.getrandbits(32), **lk)
         self.base_dec = FrameDecoder()
         self.nodes = [_MNode(j, k, lk, fwd_max, rng) for j in range(1, k + 1)]
         # lines[i]: wire i joins hop i (upper end) and hop i+1; up = towards the base
-        self.up = [_Line(baud, ber, random.Random(rng.getrandbits(32))) for _ in range(k)]
-        self.dn = [_Line(baud, ber, random.Random(rng.getrandbits(32))) for _ in range(k)]
+        self.up = [_Line(baud, ber, random.Random(rng.getrandbits(32)), drop) for _ in range(k)]
+        self.dn = [_Line(baud, ber, random.Random(rng.getrandbits(32)), drop) for _ in range(k)]
         self.now = 0.0
         self.dt = tick_ms / 1000.0
         self.ev_bytes = 0
@@ -454,28 +480,35 @@ class ChainModel:
                     ev = messages.decode(m)
                     self.lat.append((ev.node, self.now * 1000 - ev.t))
 
-    def _fill(self, n: _MNode) -> None:
+    def _fill(self, n: _MNode, limit: int = 0) -> int:
+        # offer messages, forwarded and own in turn; limit > 0 (small frames): about
+        # `limit` bytes into an empty link queue, as the firmware does. Returns bytes.
         up = n.up
-        while True:
+        if limit and up.queued():
+            return 0
+        offered = 0
+        while not limit or offered < limit:
             # alternate between forwarded and own messages (the firmware's round-robin)
             use_fwd = bool(n.fwd) and (n.turn == 1 or (not self.saturate and not n.pending_own))
             if use_fwd:
                 if not up.offer(n.fwd[0]):
-                    return
-                n.fwd.popleft()
+                    return offered
+                offered += len(n.fwd.popleft())
             else:
                 if self.saturate:
-                    if not up.offer(n.pending_own[0] if n.pending_own else self._own(n)):
-                        return
-                    if n.pending_own:
-                        n.pending_own.popleft()
+                    m = n.pending_own[0] if n.pending_own else self._own(n)
+                    if not up.offer(m):
+                        return offered
+                    n.pending_own.popleft()
+                    offered += len(m)
                 elif n.pending_own:
                     if not up.offer(n.pending_own[0]):
-                        return
-                    n.pending_own.popleft()
+                        return offered
+                    offered += len(n.pending_own.popleft())
                 elif not n.fwd:
-                    return
+                    return offered
             n.turn ^= 1
+        return offered
 
     def _own(self, n: _MNode) -> bytes:
         m = self._event(n)
@@ -521,9 +554,22 @@ class ChainModel:
                 if len(n.fwd) < n.fwd_max:
                     n.fwd.extend(n.down.poll_received())
                 n.down.poll_acked()
-            self._fill(n)
+            fb = self.frame_bytes
+            self._fill(n, fb)
+            sent = 0
             for p in n.up.poll_transmit(ms):
                 self.up[i].send(now, encode_frame(p))
+                sent += 1
+            if fb:
+                # small frames: one batch of about frame_bytes per frame, as many as the
+                # window takes now (the firmware's loop in ChainNode._service)
+                j = 0
+                while sent and j < 64 and not n.up.queued() and self._fill(n, fb):
+                    sent = 0
+                    for p in n.up.poll_transmit(ms):
+                        self.up[i].send(now, encode_frame(p))
+                        sent += 1
+                    j += 1
             if n.down is not None:
                 for p in n.down.poll_transmit(ms):
                     self.dn[i + 1].send(now, encode_frame(p))
@@ -539,8 +585,9 @@ class ChainModel:
 
 
 def model_throughput(k: int, baud: int, window: int, ber: float, *, max_payload: int,
-                     seconds: float, warm: float, seed: int, tick_ms: float) -> dict[str, Any]:
-    m = ChainModel(k, baud, window, ber, max_payload, seed, tick_ms)
+                     seconds: float, warm: float, seed: int, tick_ms: float,
+                     drop: float = 0.0) -> dict[str, Any]:
+    m = ChainModel(k, baud, window, ber, max_payload, seed, tick_ms, drop=drop)
     m.saturate = False
     m.rate = 1e-9
     while not m.all_up() and m.now < 30:
@@ -566,14 +613,17 @@ def model_throughput(k: int, baud: int, window: int, ber: float, *, max_payload:
                          "events_per_frame": round((m.ev_n - n0) / max(1, frames), 2),
                          "duplicate_frames": m.base.duplicates,
                          "retransmissions": sum(n.up.retransmissions for n in m.nodes),
-                         "bit_flips": sum(ln.flips for ln in m.up)},
+                         "bit_flips": sum(ln.flips for ln in m.up),
+                         "bytes_dropped": sum(ln.dropped for ln in m.up)},
+            "frame_bytes": m.frame_bytes,
             "model_cpu_s": round(time.process_time() - cpu0, 2),
             "bottleneck": "wire" if up / dt / line >= 0.97 else "link (idle line)"}
 
 
 def model_latency(k: int, baud: int, window: int, ber: float, *, max_payload: int,
-                  seconds: float, rate: float, seed: int, tick_ms: float) -> dict[str, Any]:
-    m = ChainModel(k, baud, window, ber, max_payload, seed, tick_ms)
+                  seconds: float, rate: float, seed: int, tick_ms: float,
+                  drop: float = 0.0) -> dict[str, Any]:
+    m = ChainModel(k, baud, window, ber, max_payload, seed, tick_ms, drop=drop)
     m.saturate = False
     m.rate = rate
     while not m.all_up() and m.now < 30:
@@ -607,8 +657,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--windows", default="8,1", help="link windows, side by side")
     ap.add_argument("--bers", default="0,1e-5", help="bit error rates")
     ap.add_argument("--drops", default="0",
-                    help="shares of bytes lost on every wire (mp only; the chain then uses "
-                         "small frames, sim.chain.auto_frame_bytes)")
+                    help="shares of bytes lost on every wire (the chain then uses small "
+                         "frames, sim.chain.auto_frame_bytes)")
     ap.add_argument("--variants", default="mp,model", help="mp (MicroPython processes), model")
     ap.add_argument("--max-payload", type=int, default=256,
                     help="DATA payload bytes (firmware default 256; 128..1016)")
@@ -643,8 +693,6 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             for ber, drop in [(b, d) for b in _floats(a.bers) for d in _floats(a.drops)]:
                 for window in _ints(a.windows):
                     for var in variants:
-                        if drop and var != "mp":
-                            continue      # the model's lines have bit errors only
                         row: dict[str, Any] = {"variant": var, "baud": baud, "hops": k,
                                                "ber": ber, "drop": drop, "window": window,
                                                "max_payload": a.max_payload,
@@ -677,21 +725,21 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                                 row["throughput"] = model_throughput(
                                     k, baud, window, ber, max_payload=a.max_payload,
                                     seconds=a.seconds, warm=a.warm, seed=a.seed,
-                                    tick_ms=a.tick_ms)
+                                    tick_ms=a.tick_ms, drop=drop)
                                 if not a.no_latency:
                                     rate = offered_rate(a.latency_rate
                                                         or loaded_rate(0.05, baud, k))
                                     row["latency"] = model_latency(
                                         k, baud, window, ber, max_payload=a.max_payload,
                                         seconds=a.latency_seconds, rate=rate,
-                                        seed=a.seed, tick_ms=a.tick_ms)
+                                        seed=a.seed, tick_ms=a.tick_ms, drop=drop)
                                     row["latency"]["rate_per_node"] = round(rate, 1)
                                     if a.latency_load > 0:
                                         rate = offered_rate(loaded_rate(a.latency_load, baud, k))
                                         row["latency_loaded"] = model_latency(
                                             k, baud, window, ber, max_payload=a.max_payload,
                                             seconds=a.latency_seconds, rate=rate,
-                                            seed=a.seed, tick_ms=a.tick_ms)
+                                            seed=a.seed, tick_ms=a.tick_ms, drop=drop)
                                         row["latency_loaded"]["load"] = a.latency_load
                                         row["latency_loaded"]["rate_per_node"] = round(rate, 1)
                             else:

@@ -120,7 +120,8 @@ def link_kwargs(window=8, max_payload=256, baud=115200, rto_ms=1000, keepalive_m
     # fair scheduler, not the link's FIFO, decides what goes next.
     # Tail-loss probe (probe_ms): a lone frame (light traffic) whose frame or ACK was lost
     # is sent again after 2 x SRTT + one full frame's line time + 5 ms instead of after
-    # the timeout above (>= 100 ms; 244 ms at 115200 Bd): at 921600 Bd about 10 ms.
+    # the timeout above (>= 100 ms; 244 ms at 115200 Bd): at 921600 Bd about 10 ms; and
+    # a retransmission the whole window waits for, after SRTT + that (link.py).
     fb = frame_bytes if frame_bytes and frame_bytes < max_payload else max_payload
     frame_ms = (fb + 24) * 10000 // baud
     drain = window * (fb + 24) * 10000 // baud

@@ -73,6 +73,12 @@
 #   - Tail-loss probe (probe_ms > 0, RFC 8985 section 7): a lone unacknowledged frame
 #     (sent once, nothing new to send) with no ACK for 2 SRTT + probe_ms is sent once more,
 #     so a lost frame or ACK on a quiet line costs about two round trips, not the RTO.
+#   - Stalled-window probe (probe_ms > 0): when the oldest unacknowledged frame was
+#     retransmitted, every later one is SACKed (or none is left) and nothing new can be
+#     sent, no ACK can reveal another loss of it; with no ACK for SRTT + probe_ms after
+#     its last transmission it is sent again (charged to its retry budget like any
+#     retransmission). On a line losing ~40 % of its frames this took the busy share of
+#     the line from ~40 % to ~66 % (bench/chain.py model, docs/PERFORMANCE.md).
 #   - Retry budget: a retransmission counts against a frame's max_retries only if the peer
 #     was heard from since the frame's previous transmission (so a cut cable burns no
 #     budget). A frame over budget is dead: its tickets go to poll_dead(), and the link
@@ -333,7 +339,9 @@ class Link:
         probe_ms: tail-loss probe (0: off). With exactly one DATA frame unacknowledged,
             sent once and nothing new to send, retransmit it once after 2 x SRTT +
             probe_ms without an ACK (RFC 8985 section 7), instead of waiting for the
-            retransmission timeout. Set it to at least one full frame's line time.
+            retransmission timeout; and a retransmitted oldest frame the whole window
+            waits for, after SRTT + probe_ms (stalled-window probe). Set it to at least
+            one full frame's line time.
         session: this side's first session id (1..2**32-1); default random.
         rng: a function returning a random 32-bit int, for later session ids.
     Raises LinkError for out-of-range arguments.
@@ -923,15 +931,25 @@ class Link:
         return not (self.coalesce and n and self._q_bytes <= self.max_payload)
 
     def _probe_at(self):
-        # When the tail-loss probe is due, or None: one frame unacknowledged, sent once,
-        # not SACKed, nothing new can go (a new frame would reveal a loss by itself), an
-        # RTT known, and the probe earlier than the retransmission timer.
-        if not self.probe_ms or not self._srtt8 or len(self._out) != 1:
+        # When a probe of the oldest unacknowledged frame is due, or None. It must be
+        # the latest transmission of all unacknowledged frames (then no ACK to come can
+        # reveal its loss: RACK has nothing newer to go by), not SACKed, with nothing
+        # new to send (a new frame would reveal a loss by itself), an RTT known, and the
+        # probe earlier than the retransmission timer. Two cases:
+        #   - tail-loss probe: a lone frame sent once, after 2 SRTT + probe_ms;
+        #   - stalled window: a retransmitted frame all later ones wait for (SACKed), after
+        #     SRTT + probe_ms: the line is idle, and on a line that loses many frames the
+        #     timer alone left it idle for most of the time (docs/PERFORMANCE.md).
+        out = self._out
+        if not self.probe_ms or not self._srtt8 or not out:
             return None
-        f = self._out[0]
-        if f.tx != 1 or f.sacked or f.lost or self._can_send_new():
+        f = out[0]
+        if f.sacked or f.lost or self._can_send_new():
             return None
-        pto = ((self._srtt8 >> 3) << 1) + self.probe_ms
+        for g in out:
+            if g.txn > f.txn:
+                return None
+        pto = ((self._srtt8 >> 3) << (1 if f.tx == 1 else 0)) + self.probe_ms
         if pto >= self._rto_now():
             return None
         return _later(f.sent, pto)
@@ -940,12 +958,20 @@ class Link:
         out = self._out
         p = self._probe_at()
         if p is not None and _diff(now, p) >= 0:
-            # tail-loss probe: the frame or its ACK was probably lost; not charged to
-            # the retry budget; the retransmission timer restarts from now
+            # probe: the frame or its ACK was probably lost. A tail-loss probe is not
+            # charged to the retry budget, a stalled retransmission's probe is (when the
+            # peer was heard from since); the retransmission timer restarts from now
+            f = out[0]
+            if f.tx > 1 and _diff(self._last_rx, f.sent) >= 0:
+                f.retries += 1
+                if f.retries > self.max_retries:
+                    self._kill(f)
+                    del data[:]
+                    return
             self.probes += 1
             self.retransmissions += 1
             self._rto_at = _later(now, self._rto_now())
-            self._transmit(out[0], now, data)
+            self._transmit(f, now, data)
         # retransmission timer: the oldest unacknowledged frame is lost
         if self._rto_at is not None and out and _diff(now, self._rto_at) >= 0:
             if self._backoff < _MAX_BACKOFF:

@@ -600,6 +600,38 @@ def test_tail_loss_probe_resends_a_lone_lost_frame_before_the_timeout():
     assert took[0] >= 1000 and took[20] < 200, took
 
 
+def test_stalled_window_probe_resends_a_lost_retransmission_before_the_timeout():
+    # a lone frame is lost, its tail-loss probe is lost too: nothing newer was sent, so
+    # no ACK can reveal the second loss. With probe_ms the retransmission is probed again
+    # after SRTT + probe_ms (charged to the retry budget), not after the timeout.
+    took = {}
+    for probe in (0, 20):
+        a, b = make_pair(rto_ms=1000, rto_min_ms=1000, probe_ms=probe)
+        n = [0]
+
+        def drop(p):
+            if p[1] == 6:
+                n[0] += 1
+                return n[0] in (2, 3)   # the second DATA and its first retransmission
+            return False
+
+        sim = Sim(a, b, drop=drop)
+        assert sim.run_until(lambda s: a.up and b.up, 5000)
+        assert sim.transfer([event(1)])
+        srtt = a.stats()["rtt_ms"]
+        sim.sides = [Side(), Side()]
+        start = sim.t
+        assert sim.transfer([event(2)])
+        assert sim.sides[1].received == [event(2)]
+        took[probe] = (sim.t - start) // 1000
+        assert a.retransmissions == 2
+        if probe:
+            assert a.probes == 2 and a.dead == 0       # the tail-loss probe, then the stall probe
+            # 2 SRTT + probe, then SRTT + probe, then the frame's trip
+            assert took[probe] <= (2 * srtt + probe) + (srtt + probe) + 3 * srtt + 10, (took, srtt)
+    assert took[0] >= 2000 and took[20] < 300, took
+
+
 def test_fast_retransmit_from_sack():
     # one DATA frame lost in the middle of a window: recovered from the SACK long before
     # the retransmission timeout
