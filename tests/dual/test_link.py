@@ -570,30 +570,38 @@ def test_retransmission_backoff_and_dead_letter():
     assert sim.sides[1].received == [event(3), event(4), event(5)]
 
 
+def _lone_frame_lost(probe, lost):
+    # A link pair with probe_ms = probe: one frame gives an RTT sample, then a second
+    # lone frame is sent while the DATA transmissions numbered in `lost` are dropped
+    # (2: that frame's first transmission, 3: its first retransmission). Returns the
+    # sender, the ms the second transfer took and the SRTT.
+    a, b = make_pair(rto_ms=1000, rto_min_ms=1000, probe_ms=probe)
+    n = [0]
+
+    def drop(p):
+        if p[1] == 6:
+            n[0] += 1
+            return n[0] in lost
+        return False
+
+    sim = Sim(a, b, drop=drop)
+    assert sim.run_until(lambda s: a.up and b.up, 5000)
+    assert sim.transfer([event(1)])
+    srtt = a.stats()["rtt_ms"]
+    assert srtt is not None
+    sim.sides = [Side(), Side()]
+    start = sim.t
+    assert sim.transfer([event(2)])
+    assert sim.sides[1].received == [event(2)]
+    return a, (sim.t - start) // 1000, srtt
+
+
 def test_tail_loss_probe_resends_a_lone_lost_frame_before_the_timeout():
     # one frame in flight, lost, nothing else to send: with probe_ms it is sent again
     # after 2 x SRTT + probe_ms, long before the retransmission timeout; without, after it
     took = {}
     for probe in (0, 20):
-        a, b = make_pair(rto_ms=1000, rto_min_ms=1000, probe_ms=probe)
-        n = [0]
-
-        def drop(p):
-            if p[1] == 6:
-                n[0] += 1
-                return n[0] == 2   # the second DATA: the first gave an RTT sample
-            return False
-
-        sim = Sim(a, b, drop=drop)
-        assert sim.run_until(lambda s: a.up and b.up, 5000)
-        assert sim.transfer([event(1)])
-        srtt = a.stats()["rtt_ms"]
-        assert srtt is not None
-        sim.sides = [Side(), Side()]
-        start = sim.t
-        assert sim.transfer([event(2)])
-        assert sim.sides[1].received == [event(2)]
-        took[probe] = (sim.t - start) // 1000
+        a, took[probe], srtt = _lone_frame_lost(probe, (2,))
         assert a.probes == (1 if probe else 0) and a.retransmissions == 1
         if probe:
             assert took[probe] <= 2 * srtt + probe + 3 * srtt + 5, (took, srtt)
@@ -606,24 +614,7 @@ def test_stalled_window_probe_resends_a_lost_retransmission_before_the_timeout()
     # after SRTT + probe_ms (charged to the retry budget), not after the timeout.
     took = {}
     for probe in (0, 20):
-        a, b = make_pair(rto_ms=1000, rto_min_ms=1000, probe_ms=probe)
-        n = [0]
-
-        def drop(p):
-            if p[1] == 6:
-                n[0] += 1
-                return n[0] in (2, 3)   # the second DATA and its first retransmission
-            return False
-
-        sim = Sim(a, b, drop=drop)
-        assert sim.run_until(lambda s: a.up and b.up, 5000)
-        assert sim.transfer([event(1)])
-        srtt = a.stats()["rtt_ms"]
-        sim.sides = [Side(), Side()]
-        start = sim.t
-        assert sim.transfer([event(2)])
-        assert sim.sides[1].received == [event(2)]
-        took[probe] = (sim.t - start) // 1000
+        a, took[probe], srtt = _lone_frame_lost(probe, (2, 3))
         assert a.retransmissions == 2
         if probe:
             assert a.probes == 2 and a.dead == 0       # the tail-loss probe, then the stall probe
