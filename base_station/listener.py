@@ -291,9 +291,10 @@ class UdpListener(asyncio.DatagramProtocol):
                 fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
             except (ImportError, OSError):
                 pass          # the default (64 KiB) works, with less slack
-            self._proc = subprocess.Popen(
-                [sys.executable, "-I", udp_reader.__file__, str(sock.fileno()), str(w), str(self.burst)],
-                stdin=subprocess.PIPE, pass_fds=(sock.fileno(), w), close_fds=True)
+            argv = [sys.executable, "-I", udp_reader.__file__, str(sock.fileno()), str(w),
+                    str(self.burst)]
+            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE,
+                                          pass_fds=(sock.fileno(), w), close_fds=True)
         except BaseException:
             os.close(r)
             os.close(w)

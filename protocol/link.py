@@ -932,8 +932,8 @@ class Link:
 
     def _probe_at(self):
         # When a probe of the oldest unacknowledged frame is due, or None. It must be
-        # the latest transmission of all unacknowledged frames (then no ACK to come can
-        # reveal its loss: RACK has nothing newer to go by), not SACKed, with nothing
+        # the latest DATA transmission of all (then no ACK to come can reveal its loss:
+        # RACK has nothing newer to go by), not SACKed, with nothing
         # new to send (a new frame would reveal a loss by itself), an RTT known, and the
         # probe earlier than the retransmission timer. Two cases:
         #   - tail-loss probe: a lone frame sent once, after 2 SRTT + probe_ms;
@@ -944,11 +944,8 @@ class Link:
         if not self.probe_ms or not self._srtt8 or not out:
             return None
         f = out[0]
-        if f.sacked or f.lost or self._can_send_new():
+        if f.txn != self._txn or f.sacked or f.lost or self._can_send_new():
             return None
-        for g in out:
-            if g.txn > f.txn:
-                return None
         pto = ((self._srtt8 >> 3) << (1 if f.tx == 1 else 0)) + self.probe_ms
         if pto >= self._rto_now():
             return None

@@ -26,6 +26,7 @@ from base_station.station import BaseStation
 from protocol import messages
 from sim.virtual_board import VirtualBoard
 from sim.wire import VirtualWire
+from conftest import until
 
 pytestmark = pytest.mark.slow
 
@@ -241,14 +242,6 @@ class _Events:
         return [s for e, s in list(self.seen) if e == epoch]
 
 
-async def _until(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("%s not met within %.0f s" % (what, timeout))
-        await asyncio.sleep(0.05)
-
-
 def test_chain_node_flashed_publishes_over_the_serial_link(tmp_path):
     """`starling build` a chain node whose uart.up is the board end of a virtual wire,
     `starling flash` it, reboot: the base's SerialHead on the other end receives its
@@ -279,12 +272,12 @@ def test_chain_node_flashed_publishes_over_the_serial_link(tmp_path):
             station.add_head(head)
             await station.start()
             try:
-                await _until(lambda: len(events.of(1)) >= 20, 30, "20 events of epoch 1")
+                await until(lambda: len(events.of(1)) >= 20, 30, "20 events of epoch 1")
                 mark = board.mark()
                 board.reboot()          # a hard reset: RAM is lost, a new epoch starts
                 board.wait_for(r"chain node %d epoch 2: " % CHAIN_NODE, timeout=20, since=mark)
-                await _until(lambda: len(events.of(2)) >= 20, 30, "20 events of epoch 2")
-                await _until(lambda: station.nodes[CHAIN_NODE].status is not None
+                await until(lambda: len(events.of(2)) >= 20, 30, "20 events of epoch 2")
+                await until(lambda: station.nodes[CHAIN_NODE].status is not None
                              and station.nodes[CHAIN_NODE].status.epoch == 2, 15, "a STATUS of epoch 2")
                 return station.summary(), head.counters["ups"]
             finally:
