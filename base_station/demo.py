@@ -99,22 +99,55 @@ def _loopback(host: str) -> bool:
     return host.startswith("127.") or host in ("localhost", "::1")
 
 
-def compare(station_summary: dict, fleet_summary: dict) -> list[str]:
-    """Lines comparing the base's accounting with what the fleet says it did."""
+def compare(station_summary: dict, fleet_summary: dict,
+            base_id: str | None = None) -> tuple[list[str], bool]:
+    """Lines comparing the base's accounting with what the fleet says it did, and
+    whether every node adds up.
+
+    Per node, the readings meant for this base are those published after the node
+    subscribed it (under discovery, a node publishes before it hears our first
+    ANNOUNCE: the fleet counts those as `since[base_id]`). They must equal received +
+    lost + skipped at the base, and lost must equal what the simulator dropped (plus
+    kernel drops, which are not per node). A node that crashed is not exact by nature."""
     lines = []
+    exact = True
+    kernel_drops = station_summary.get("kernel_drops", 0)
     for node, f in fleet_summary["nodes"].items():
         b = station_summary["nodes"].get(node)
+        before = f.get("since", {}).get(base_id, 0) if base_id else 0
+        meant = f["published"] - before
         if b is None:
+            if meant:
+                exact = False
             lines.append("node %s: published %d, nothing received" % (node, f["published"]))
             continue
         accounted = b["received"] + b["lost"] + b["skipped"]
+        crashed = not f.get("exact", True)
+        adds_up = accounted == meant and (
+            b["lost"] == f["dropped_by_sim"] or (kernel_drops and b["lost"] > f["dropped_by_sim"]))
+        if not adds_up and not crashed:
+            exact = False
         lines.append(
-            "node %s: published %d | received %d + lost %d + skipped %d = %d | sim dropped %d, "
+            "node %s: published %d%s | received %d + lost %d + skipped %d = %d | sim dropped %d, "
             "duplicated %d; base saw %d duplicates%s" % (
-                node, f["published"], b["received"], b["lost"], b["skipped"], accounted,
+                node, f["published"],
+                " (%d before it heard us)" % before if before else "",
+                b["received"], b["lost"], b["skipped"], accounted,
                 f["dropped_by_sim"], f["duplicated_by_sim"], b["duplicates"],
-                "" if f.get("exact", True) else " (node crashed: not exact)"))
-    return lines
+                " (node crashed: not exact)" if crashed else
+                "" if adds_up else "  <- does not add up"))
+    return lines, exact
+
+
+def _statuses_final(station: Any, fleet_summary: dict) -> bool:
+    """Has the base the STATUS each node sent last (so trailing loss is counted)?"""
+    for node, f in fleet_summary["nodes"].items():
+        if f.get("last_seq") is None or not f.get("exact", True):
+            continue
+        acct = station.nodes.get(int(node))
+        if acct is None or acct.status is None or acct.status.last_seq != f["last_seq"]:
+            return False
+    return True
 
 
 def compare_chain(station_summary: dict, chain_summary: dict) -> tuple[list[str], bool]:
@@ -320,7 +353,10 @@ def run(args: argparse.Namespace) -> int:
             await asyncio.sleep(duration)
         finally:
             result["fleet"] = await fleet.stop()
-            await asyncio.sleep(0.3)            # let the final STATUSes land
+            # each node's final STATUS (relays do not drop STATUS), so trailing loss counts
+            deadline = time.monotonic() + 2.0
+            while not _statuses_final(station, result["fleet"]) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
 
     summary = asyncio.run(serve(station, args, fleet_task))
     finish(summary, args)
@@ -329,8 +365,12 @@ def run(args: argparse.Namespace) -> int:
         print("\nfleet vs base (%s nodes, %s, %s):" % (
             args.nodes, runtime, "static base" if static else
             "discovery: a node's readings before it hears our ANNOUNCE are not ours"), file=out)
-        for line in compare(summary, result["fleet"]):
+        lines, exact = compare(summary, result["fleet"], station.base_id)
+        for line in lines:
             print("  " + line, file=out)
+        print("  %s" % ("every node adds up: published (since it heard us) = received + lost + "
+                        "skipped, and lost = what the simulator dropped" if exact else
+                        "NOT every node adds up (marked above)"), file=out)
     if not args.no_db:
         print("\nreadings stored in %s (try: sqlite3 %s 'SELECT * FROM readings LIMIT 5')"
               % (Path(args.db).resolve(), args.db) if shutil.which("sqlite3") else

@@ -124,3 +124,52 @@ def test_demo_cpython_fleet_is_exact(tmp_path):
     for n in s["nodes"].values():
         assert n["received"] > 20 and n["lost"] == 0 and n["duplicates"] == 0
     assert "fleet vs base" in r.stdout
+    assert "every node adds up" in r.stdout, r.stdout
+
+
+@pytest.mark.slow
+def test_demo_with_loss_adds_up_per_node(tmp_path):
+    # static base behind the relay, 20 % loss: the base's lost equals what the relay
+    # dropped, and the final STATUS (not impaired) counts trailing loss too
+    r = subprocess.run([PY, "-m", "base_station.cli", "demo", "--runtime", "cpython", "--nodes", "3",
+                        "--rate", "40", "--duration", "1.5", "--loss", "0.2", "--no-db",
+                        "--summary-json", str(tmp_path / "d.json")],
+                       capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "d.json").read_text())
+    assert sum(n["lost"] for n in s["nodes"].values()) > 0
+    assert "every node adds up" in r.stdout, r.stdout
+    assert "does not add up" not in r.stdout
+
+
+def _fleet_node(published, dropped=0, since=None, exact=True):
+    return {"published": published, "dropped_by_sim": dropped, "duplicated_by_sim": 0,
+            "since": since or {}, "exact": exact, "last_seq": published - 1}
+
+
+def _base_node(received, lost=0, skipped=0):
+    return {"received": received, "lost": lost, "skipped": skipped, "duplicates": 0}
+
+
+def test_demo_compare_counts_readings_before_the_subscription_apart():
+    from base_station.demo import compare
+    fleet = {"nodes": {"1": _fleet_node(101, since={"base-a": 1}),
+                       "2": _fleet_node(50, dropped=5, since={"other": 7})}}
+    station = {"nodes": {"1": _base_node(100), "2": _base_node(45, lost=5)}, "kernel_drops": 0}
+    lines, exact = compare(station, fleet, "base-a")
+    assert exact
+    assert lines[0].startswith("node 1: published 101 (1 before it heard us) | received 100")
+    assert "does not add up" not in "".join(lines)
+
+
+def test_demo_compare_marks_a_node_that_does_not_add_up():
+    from base_station.demo import compare
+    fleet = {"nodes": {"1": _fleet_node(100), "2": _fleet_node(100, dropped=3),
+                       "3": _fleet_node(100, exact=False)}}
+    station = {"nodes": {"1": _base_node(99), "2": _base_node(97, lost=2, skipped=1),
+                         "3": _base_node(90)}, "kernel_drops": 0}
+    lines, exact = compare(station, fleet, "base-a")
+    assert not exact
+    assert lines[0].endswith("<- does not add up")          # one reading unaccounted
+    assert lines[1].endswith("<- does not add up")          # lost 2, the relay dropped 3
+    assert lines[2].endswith("(node crashed: not exact)")   # not held against the run
