@@ -48,7 +48,9 @@
 # Planned stop (finish()): a last STATUS, then up to stop_drain_ms of sending what waits
 # (no sampling; the down link sends nothing more, so what the lower node sends now stays
 # its own responsibility), then the log is synced. A MemoryError inside step() is
-# counted (mem_errors) and survived: the step is simply redone.
+# counted (mem_errors) and survived: the step is simply redone, and what the step had
+# taken from a link (control messages from above, messages from below) is kept until
+# it is handled, since the link has already acknowledged it.
 #
 # Hop: the base is hop 0. Our hop is the up peer's HELLO hop + 1, learned from the first
 # HELLO of the up link; the down link is created only then, so the lower node learns a
@@ -171,6 +173,10 @@ class ChainNode(NodeCore):
         self._fin_msg = []
         self._fin_pos = []
         self._fin_logged = 0         # of _fin_msg, how many were checked (and logged)
+        # control messages taken from the up link (ANNOUNCE, ENUMERATE...) and how many
+        # of them are handled: a MemoryError mid-burst leaves the rest for the next step
+        self._ctrl = None
+        self._ctrl_done = 0
         self._fwd_unflushed = 0      # forwarded records in the log buffer (durable)
         self._fwd_since = 0
         self._ack_delay = cfg.log["ack_delay_ms"]
@@ -362,8 +368,19 @@ class ChainNode(NodeCore):
         for tk in up.poll_dead():
             acks += self._dead_ticket(tk)
         self.dead.save()   # once for all that died or was reported: before the log's cursor
-        for m in up.poll_received():
-            self._from_up(m)
+        ctrl = self._ctrl
+        if ctrl is None:
+            ctrl = up.poll_received()
+            if ctrl:
+                self._ctrl = ctrl
+                self._ctrl_done = 0
+        if ctrl:
+            # one at a time, counted: a MemoryError redoes only the message it hit
+            # (handling one twice is harmless: ANNOUNCE and ENUMERATE are idempotent)
+            while self._ctrl_done < len(ctrl):
+                self._from_up(ctrl[self._ctrl_done])
+                self._ctrl_done += 1
+            self._ctrl = None
         self._learn_hop()
         dn = self.down_link
         if dn is not None:

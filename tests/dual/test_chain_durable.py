@@ -189,6 +189,33 @@ def test_a_memory_error_while_taking_forwarded_messages_loses_none():
     assert len(fwd_logged) == len(set(fwd_logged))       # each forwarded message logged once
 
 
+def test_a_memory_error_in_a_burst_of_control_messages_loses_none_of_them():
+    # the base sends three control messages at once; node 1 runs out of heap while it
+    # forwards the second. The link has acknowledged all three, so the step is redone
+    # from that message: each reaches nodes 2 and 3, each forwarded once.
+    w = World(3, seed=5)
+    w.run(2500)
+    n1 = w.nodes[0]
+    real_to_down = n1._to_down
+    calls = [0]
+
+    def flaky_to_down(data):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise MemoryError("memory allocation failed")
+        return real_to_down(data)
+    n1._to_down = flaky_to_down
+    errors = _survive_memory_errors(n1)
+    before = [n.ctrl_down for n in w.nodes]
+    w.base.send(messages.Enumerate(1))
+    w.base.send(messages.Announce("base", "", 1, ["#"], 0, 60, 1700000000000))
+    w.base.send(messages.Enumerate(2))
+    w.run(1500)
+    assert errors[0] == 1 and calls[0] == 4
+    assert [n.ctrl_down - b for n, b in zip(w.nodes, before)] == [3, 3, 0]
+    assert w.nodes[2].time_base is not None       # the ANNOUNCE reached the last node
+
+
 def test_dead_letters_reach_the_base_and_cover_what_is_missing():
     # a tiny retry budget on a noisy line: some frames die; their events are reported
     # in DEADLETTER messages once the link is up again (they may have arrived anyway)
