@@ -24,6 +24,10 @@
 #       RAM. Here it is a bytes object read before the baseline (this unix build
 #       has no ffi or mmap to place it outside the GC heap), so no row counts it;
 #       its size is reported as "image_bytes".
+#   micropython -X heapsize=256K bench/mp_node.py ram_chain|ram_chain_rom|ram_chain_durable BUNDLE
+#       the same for a serial-chain node (firmware/chain.py, middle of a chain: up and
+#       down UART) booted from a unix bundle's modules, from .mpy files or ROMFS, with
+#       the RAM-only outbox (the config default) or durable (the flash log's buffers).
 #   micropython -X heapsize=256K bench/mp_node.py heap BUNDLE
 #       heap bytes per publish with a HAL whose udp_send does nothing (both ports:
 #       the webassembly port has no sockets), int and float EVENT, int BATCH of 20.
@@ -53,6 +57,18 @@ sys.path.insert(0, BUNDLE)
 MODULES = ("protocol", "protocol.topics", "protocol.nodewire", "protocol.cbor_lite",
            "firmware", "firmware.sensors", "firmware.subscribers",
            "firmware.hal_unix", "firmware.node")
+
+
+class NullUart:
+    # a serial line with nobody on it (the chain node's UART interface)
+    def read_into(self, buf):
+        return 0
+
+    def any(self):
+        return 0
+
+    def write(self, data):
+        return len(data)
 
 
 class MemHal:
@@ -104,8 +120,20 @@ class MemHal:
     def write_file_atomic(self, name, data):
         self.files[name] = data
 
+    def append_file(self, name, data):
+        self.files[name] = (self.files.get(name) or b"") + data
+
+    def remove_file(self, name):
+        self.files.pop(name, None)
+
+    def uart_open(self, spec):
+        return NullUart()
+
     def free_mem(self):
         return gc.mem_free()
+
+    def mem_alloc(self):
+        return gc.mem_alloc()
 
     def log(self, msg):
         pass
@@ -192,6 +220,66 @@ def ram(board="unix", tests=None, rom=False):
     if board != "unix":
         out["link_up"] = hal.link_up()
         out["time_base"] = node.time_base is not None
+    return out
+
+
+# A middle node of a serial chain (firmware/chain.py: up and down UART, two sensors,
+# the config defaults otherwise), booted as firmware.node.main() boots it: node.json
+# through load_config(), then ChainNode(cfg, hal). Its modules, leaves first; what
+# they import besides (protocol.cbor / protocol.messages, if anything still does)
+# is counted in the row of the module that imported it, and reported as flags.
+CHAIN_MODULES = ("protocol", "protocol.codes", "protocol.topics", "protocol.nodewire",
+                 "protocol.cbor_lite", "protocol.framing", "protocol.link", "firmware",
+                 "firmware.sensors", "firmware.subscribers", "firmware.uart_unix",
+                 "firmware.hal_unix", "firmware.node", "firmware.outbox", "firmware.chain")
+CHAIN_CONFIG = {"node": 7, "transport": "serial",
+                "uart": {"up": {"path": "/dev/null", "baud": 115200},
+                         "down": {"path": "/dev/null", "baud": 115200}},
+                "sensors": [{"topic": "temp", "kind": "sine", "period_ms": 1000},
+                            {"topic": "count", "kind": "counter", "period_ms": 1000}],
+                "status_every_ms": 5000}
+
+
+def ram_chain(rom=False, durable=False):
+    image = mount_rom() if rom else None
+    hal = MemHal(BUNDLE)
+    cfg_d = dict(CHAIN_CONFIG)
+    cfg_d["durable"] = durable
+    hal.files["node.json"] = json.dumps(cfg_d).encode()
+    base = yield
+    out = {"modules": {}}
+    if image is not None:
+        out["image_bytes"] = len(image)
+    prev = base
+    for name in CHAIN_MODULES:
+        __import__(name)
+        now = yield
+        out["modules"][name] = now - prev
+        prev = now
+    from firmware import node as node_mod
+    cfg = node_mod.load_config(hal)
+    now = yield
+    out["modules"]["firmware.config"] = now - prev
+    prev = now
+    from firmware.chain import ChainNode
+    node = ChainNode(cfg, hal)
+    node.boot(0)
+    now = yield
+    out["node_boot"] = now - prev
+    for i in range(50):
+        hal.now += 100
+        node.step(hal.now)
+    after = yield
+    out["node_running"] = after - now
+    out["total"] = after - base
+    out["baseline"] = base
+    out["durable"] = durable
+    out["word_bytes"] = 8 if sys.maxsize > 2 ** 32 else 4
+    out["version"] = "%d.%d.%d" % sys.implementation.version[:3]
+    out["published"] = node.published
+    out["from"] = sys.modules["firmware.chain"].__file__
+    out["cbor_loaded"] = "protocol.cbor" in sys.modules
+    out["messages_loaded"] = "protocol.messages" in sys.modules
     return out
 
 
@@ -343,9 +431,15 @@ def publish(port, rounds):
 RAM_MODES = {"ram": ("unix", False), "ram_rom": ("unix", True),
              "ram_esp32": ("esp32", False), "ram_esp32_rom": ("esp32", True)}
 
-if MODE in RAM_MODES:
-    board, rom = RAM_MODES[MODE]
-    gen = ram(board, ARGS[2] if board != "unix" else None, rom)
+CHAIN_MODES = {"ram_chain": (False, False), "ram_chain_rom": (True, False),
+               "ram_chain_durable": (False, True)}
+
+if MODE in RAM_MODES or MODE in CHAIN_MODES:
+    if MODE in CHAIN_MODES:
+        gen = ram_chain(*CHAIN_MODES[MODE])
+    else:
+        board, rom = RAM_MODES[MODE]
+        gen = ram(board, ARGS[2] if board != "unix" else None, rom)
     if globals().get("MP_STEPPED"):
         # webassembly: the runner calls STEP() in separate calls until STEP_DONE
         STEP_STATE = [True]
@@ -366,5 +460,6 @@ elif MODE == "heap":
 elif MODE == "publish":
     print(json.dumps(publish(int(ARGS[2]), int(ARGS[3]))))
 else:
-    raise SystemExit("usage: mp_node.py ram|ram_rom|ram_esp32|ram_esp32_rom|heap|publish BUNDLE "
+    raise SystemExit("usage: mp_node.py ram|ram_rom|ram_esp32|ram_esp32_rom|ram_chain|ram_chain_rom|"
+                     "ram_chain_durable|heap|publish BUNDLE "
                      "[PORT ROUNDS | TESTS]")

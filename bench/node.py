@@ -214,6 +214,10 @@ def micropython_side(tmp: Path, rounds: int) -> dict:
         out[mode + "_64"] = run_unix([mode] + [str(a) for a in args])
     for mode, args in runs.items():
         out[mode + "_32"] = run_wasm(tmp, args[0], [mode] + [str(a) for a in args[1:]])
+    # a serial-chain node (middle of a chain) from the unix bundle's modules
+    for mode, _ in CHAIN_RUNS:
+        out[mode + "_64"] = run_unix([mode, str(bundle)])
+        out[mode + "_32"] = run_wasm(tmp, bundle, [mode])
     out["heap_64"] = run_unix(["heap", str(bundle)])
     counter = Counter()
     try:
@@ -324,6 +328,38 @@ MODULE_LABEL = {"firmware.config": "config+codes, dropped"}
 RAM_RUNS = (("ram", "unix, .mpy"), ("ram_rom", "unix, ROMFS"), ("ram_esp32", "ESP32, .mpy"),
             ("ram_esp32_rom", "ESP32, ROMFS"))
 BOARD_ROWS = ("firmware.hal_board", "firmware.hal_esp32")
+CHAIN_RUNS = (("ram_chain", ".mpy"), ("ram_chain_rom", "ROMFS"), ("ram_chain_durable", ".mpy, durable"))
+CHAIN_ORDER = ("protocol", "protocol.codes", "protocol.topics", "protocol.nodewire",
+               "protocol.cbor_lite", "protocol.framing", "protocol.link", "firmware",
+               "firmware.sensors", "firmware.subscribers", "firmware.uart_unix",
+               "firmware.hal_unix", "firmware.node", "firmware.outbox", "firmware.chain",
+               "firmware.config")
+
+
+def print_chain_table(mp: dict) -> None:
+    """RAM of a serial-chain node after boot, 64-bit and 32-bit side by side."""
+    cols = [(m + w, "%s %s" % (label, bits)) for w, bits in (("_64", "64-bit"), ("_32", "32-bit"))
+            for m, label in CHAIN_RUNS]
+    print("Serial-chain node (middle of a chain: up and down UART, 2 sensors), RAM held after boot,"
+          " bytes")
+    print("  %-22s" % "" + "".join(" %21s" % label for _, label in cols))
+
+    def cell(key: str, value: Any) -> str:
+        run = mp.get(key)
+        return " %21s" % ("-" if run is None else "" if value(run) is None else value(run))
+
+    for name in CHAIN_ORDER:
+        print("  %-22s" % ("config, dropped" if name == "firmware.config" else name)
+              + "".join(cell(k, lambda r, n=name: r["modules"].get(n)) for k, _ in cols))
+    for key, label in (("node_boot", "ChainNode + boot"), ("node_running", "first 50 steps"),
+                       ("total", "total")):
+        print("  %-22s" % label + "".join(cell(k, lambda r, f=key: r.get(f)) for k, _ in cols))
+    loaded = [n for n, flag in (("protocol.cbor", "cbor_loaded"), ("protocol.messages", "messages_loaded"))
+              if any((mp.get(k) or {}).get(flag) for k, _ in cols)]
+    print("  generic codec modules a booted chain node holds: %s"
+          % (", ".join(loaded) + " (counted in the row of the module that imports them)"
+             if loaded else "none"))
+    print()
 
 
 def print_table(r: dict) -> None:
@@ -359,6 +395,7 @@ def print_table(r: dict) -> None:
     if mp.get("wasm_note"):
         print("  " + mp["wasm_note"])
     print()
+    print_chain_table(mp)
     p = mp["publish_64"]
     h32 = mp["heap_32"] or {}
     print("Publish on the unix port (one subscriber at 127.0.0.1; µs with GC on, heap with GC off)")
