@@ -75,7 +75,8 @@
 import sys
 
 from protocol import codes
-from protocol import messages
+from protocol.cbor_lite import parse_control, event_ids
+from protocol.nodewire import EventWriter, StatusWriter
 from protocol.framing import FrameDecoder, encode_frame_into, max_encoded_len
 from protocol.link import Link, LinkError, DATA_OVERHEAD
 # firmware.node is loaded already on a node (its main() starts the chain): no RAM cost
@@ -181,6 +182,7 @@ class ChainNode(NodeCore):
         self._fwd_since = 0
         self._ack_delay = cfg.log["ack_delay_ms"]
         self._status = None          # encoded STATUS waiting for the up link
+        self._status_writer = None
         self._deficit = [0, 0]
         self._rr = 0
         self._turn = False
@@ -224,7 +226,7 @@ class ChainNode(NodeCore):
         self.epoch_saved = save_epoch(hal, self.epoch, True)
         self._ticks = hal.ticks_ms() if now is None else now
         # an EVENT is at most max_payload bytes; the writer's buffer leaves room to notice
-        self.writer = messages.EventWriter(self.node_id, self.epoch, self.max_payload + 300)
+        self.writer = EventWriter(self.node_id, self.epoch, self.max_payload + 300)
         if self.log is not None:
             self.dead.load()
             try:
@@ -497,36 +499,35 @@ class ChainNode(NodeCore):
     def _dead_forward(self, data):
         # a lower node's message died on our up link: dead-letter its events in its name
         try:
-            m = messages.decode(data)
+            ids = event_ids(data)
         except Exception:
             return
-        if isinstance(m, messages.Event):
-            self.dead.add(m.node, [(m.epoch, m.seq)])
-        elif isinstance(m, messages.Batch):
-            self.dead.add(m.node, [(m.epoch, m.seq0 + i) for i in range(len(m.readings))])
+        if ids is not None:
+            node, epoch, seq0, count = ids
+            self.dead.add(node, [(epoch, seq0 + i) for i in range(count)])
 
     # --- upstream input: control for us and the nodes below ------------------------------
     def _from_up(self, data):
+        # ANNOUNCE and ENUMERATE are checked in full (a bad one is rx_bad, not forwarded);
+        # node -> base kinds are dropped as misrouted with their fields unchecked; other
+        # kinds go down as they came, once they are well-formed messages of our version
         try:
-            msg = messages.decode(data)
+            kind, fields = parse_control(data)
         except Exception as e:  # ProtocolError or anything odd: the peer's problem
             self.rx_bad += 1
             if self.rx_bad <= _LOG_BAD_FIRST or self.rx_bad % 1000 == 0:
                 self.hal.log("rx_bad %d: %s" % (self.rx_bad, e))
             return
-        t = type(msg)
-        if t is messages.Announce:
-            self._announce(msg)
-        elif t is messages.Enumerate:
+        if kind == codes.KIND_ANNOUNCE:
+            if self._take_time_base(fields[6], True):    # its wall_ms
+                self.queue_status()
+        elif kind == codes.KIND_ENUMERATE:
             self.queue_status()
-        elif t in (messages.Event, messages.Batch, messages.Status, messages.DeadLetter):
+        elif (kind == codes.KIND_EVENT or kind == codes.KIND_BATCH or kind == codes.KIND_STATUS
+              or kind == codes.KIND_DEADLETTER):
             self.misrouted += 1
             return
         self._to_down(data)
-
-    def _announce(self, msg):
-        if self._take_time_base(msg.wall_ms, True):
-            self.queue_status()
 
     def _time_changed(self):    # NodeCore: a new time base from the board's clock
         self.queue_status()
@@ -755,6 +756,7 @@ class ChainNode(NodeCore):
 
     # --- status -----------------------------------------------------------------------------
     def counters(self):
+        # {CTR_* code: value}, as STATUS carries them
         up = self.up_link
         st = up.stats()
         dec = self.up_dec
@@ -789,12 +791,18 @@ class ChainNode(NodeCore):
         else:
             last = None
         caps = self.caps | (codes.CAP_TIME if self.time_base is not None else 0)
-        return messages.Status(self.node_id, self.epoch, last, 0, 0, self.uptime, self.time_base,
-                               self.cfg.firmware, caps, self.counters(), self.hop)
+        ctr = self.counters()
+        w = self._status_writer
+        if w is None:
+            w = self._status_writer = StatusWriter(self.node_id, self.cfg.firmware, list(ctr))
+        w.status(self.epoch, last, 0, 0, self.uptime, self.time_base, caps,
+                 [ctr[k] for k in w.keys], self.hop)
+        return w.view()
 
     def queue_status(self, final=False):
-        # our STATUS goes up before anything else; a newer one replaces a waiting one
-        self._status = self.status(final).encode()
+        # our STATUS goes up before anything else; a newer one replaces a waiting one.
+        # A copy: the link keeps the bytes it was offered until they are acknowledged.
+        self._status = bytes(self.status(final))
 
     def _sample_mem(self, boot):
         self._next_mem = self.uptime + self._mem_every

@@ -67,6 +67,7 @@ import struct
 from array import array
 
 from protocol.link import _diff
+from protocol.nodewire import deadletter
 
 try:
     from micropython import const
@@ -571,6 +572,86 @@ class Log:
                 "torn": self.torn, "unflushed": self._recs}
 
 
+# The dead-letter file: CBOR [[node, count, [[epoch, seq], ...]], ...], definite lengths,
+# unsigned ints only (what protocol.cbor.dumps writes for that list). Written and read
+# here, so a chain node needs no generic CBOR codec for it.
+def _put_head(out, mt, n):
+    if n < 24:
+        out.append(mt | n)
+        return
+    if n < 256:
+        ai, k = 24, 1
+    elif n < 65536:
+        ai, k = 25, 2
+    elif not n >> 32:
+        ai, k = 26, 4
+    else:
+        ai, k = 27, 8
+    out.append(mt | ai)
+    i = k
+    while i:
+        i -= 1
+        out.append((n >> (8 * i)) & 255)
+
+
+def _write_dead(nodes):
+    out = bytearray()
+    _put_head(out, 0x80, len(nodes))
+    for e in nodes:
+        out.append(0x83)
+        _put_head(out, 0, e[0])
+        _put_head(out, 0, e[1])
+        _put_head(out, 0x80, len(e[2]))
+        for p in e[2]:
+            out.append(0x82)
+            _put_head(out, 0, p[0])
+            _put_head(out, 0, p[1])
+    return bytes(out)
+
+
+def _read_dead(raw, max_nodes, max_ids):
+    # -> the DeadLetters.nodes list; ValueError for anything but the layout above
+    st = [0]
+
+    def head(mt):
+        p = st[0]
+        if p >= len(raw) or raw[p] >> 5 != mt >> 5:
+            raise ValueError("dead-letter file: unexpected byte at %d" % p)
+        ai = raw[p] & 31
+        p += 1
+        if ai < 24:
+            st[0] = p
+            return ai
+        if ai > 27:
+            raise ValueError("dead-letter file: bad head at %d" % (p - 1))
+        k = 1 << (ai - 24)
+        if p + k > len(raw):
+            raise ValueError("dead-letter file: truncated")
+        n = 0
+        for i in range(k):
+            n = (n << 8) | raw[p + i]
+        st[0] = p + k
+        return n
+
+    nodes = []
+    held = 0
+    for _ in range(head(0x80)):
+        if head(0x80) != 3 or len(nodes) >= max_nodes:
+            raise ValueError("dead-letter file: bad entry")
+        node = head(0)
+        count = head(0)
+        ids = []
+        for _ in range(head(0x80)):
+            if head(0x80) != 2 or held >= max_ids:
+                raise ValueError("dead-letter file: bad id")
+            ids.append((head(0), head(0)))
+            held += 1
+        nodes.append([node, count, ids])
+    if st[0] != len(raw):
+        raise ValueError("dead-letter file: trailing bytes")
+    return nodes
+
+
 class DeadLetters:
     # Events that exceeded the link's retry budget, for the DEADLETTER message. Bounded:
     # at most MAX_IDS ids are remembered (the message carries at most 64), and counts for
@@ -596,10 +677,8 @@ class DeadLetters:
         raw = self.hal.read_file(self.name)
         if not raw:
             return
-        from protocol import cbor
         try:
-            for item in cbor.loads(raw):
-                self.nodes.append([item[0], item[1], [(p[0], p[1]) for p in item[2]]])
+            self.nodes = _read_dead(raw, self.MAX_NODES, self.MAX_IDS)
         except Exception as e:  # a damaged file: forget it (counted by the log line)
             self.hal.log("dead-letter file unreadable: %s" % (e,))
             self.nodes = []
@@ -611,10 +690,8 @@ class DeadLetters:
         self.dirty = False
         if self.hal is None or self.name is None:
             return
-        from protocol import cbor
         try:
-            self.hal.write_file_atomic(self.name, cbor.dumps(
-                [[e[0], e[1], [[p[0], p[1]] for p in e[2]]] for e in self.nodes]))
+            self.hal.write_file_atomic(self.name, _write_dead(self.nodes))
         except OSError as e:   # the list stays in RAM; the next change writes it again
             self.hal.log("dead-letter file not written: %s" % (e,))
 
@@ -656,12 +733,11 @@ class DeadLetters:
         # many ids as fit; marks it in flight. `count` is how many dead events this message
         # accounts for: its ids, and in the node's last part also those not remembered, so
         # the counts of all DEADLETTERs add up to the dead events.
-        from protocol.messages import DeadLetter
         e = self.nodes[0]
         k = min(len(e[2]), 64)
         while True:
             count = e[1] if k == len(e[2]) else k
-            data = DeadLetter(e[0], count, e[2][:k]).encode()
+            data = deadletter(e[0], count, e[2][:k])
             if len(data) <= limit or not k:
                 break
             k = k * limit // len(data) if k > 1 else 0

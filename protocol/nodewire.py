@@ -6,6 +6,7 @@
 #   StatusWriter   STATUS the same way: byte-identical to messages.Status.encode()
 #   announce_fields  ANNOUNCE checked field by field, as a tuple (protocol/cbor_lite.py
 #                  reads it from a datagram: parse_announce)
+#   deadletter     a DEADLETTER's bytes: byte-identical to messages.DeadLetter's encoding
 #   text           a str as CBOR text (topics, at boot)
 #   ProtocolError, EncodeError, head
 #
@@ -27,16 +28,20 @@
 # keys: a chain node's application may publish them) goes to cbor.dumps_into,
 # imported on first use. The output is the same bytes as protocol.cbor's.
 #
-# Reading: protocol/cbor_lite.py (parse_announce). It is a module of its own because
-# the publish path here looks up module-level names on every call, and on MicroPython
-# that got slower with more of them: the same EventWriter.body with 20 more functions
-# in this module took ~0.5 us longer per EVENT (unix port, measured).
+# Reading: protocol/cbor_lite.py (parse_announce; parse_control and event_ids for a
+# serial chain node). It is a module of its own because the publish path here looks
+# up module-level names on every call, and on MicroPython that got slower with more
+# of them: the same EventWriter.body with 20 more functions in this module took
+# ~0.5 us longer per EVENT, and a single name more (a function or a constant) past
+# this module's count ~0.1 us of its ~1.9 us (unix port, measured): deadletter came
+# in with `struct` going out.
 #
 # Memory: importing this module costs ~11 KB from .mpy files (~6 KB from ROMFS) on
 # the 64-bit unix port, against ~24 KB for protocol.messages and ~20 KB for
 # protocol.cbor (bench/node.py's RAM table); a UDP node needs neither unless it signs
 # (protocol.auth).
-import struct
+# pack_into only, not `struct`: one module-level name fewer (see Reading above)
+from struct import pack_into as _pack_into
 
 from protocol.topics import valid_topic, valid_filter
 
@@ -55,10 +60,10 @@ _KIND_EVENT = const(1)
 _KIND_BATCH = const(2)
 _KIND_STATUS = const(3)
 _KIND_ANNOUNCE = const(4)
+_KIND_DEADLETTER = const(9)
 _MAX_DATAGRAM = const(1400)
 _ROOM = const(16)    # write_value's room after its start (fixed-size items unchecked)
 
-_pack_into = struct.pack_into
 _MAX_U64 = 18446744073709551615
 _MAX_U32 = 4294967295
 _MIN_N64 = -18446744073709551616   # the most negative int a CBOR head carries
@@ -119,6 +124,26 @@ def announce_fields(f):
     return (base, _text(f[1], "ANNOUNCE host"), _uint(f[2], "ANNOUNCE port", 65535),
             list(filters), _uint(f[4], "ANNOUNCE max_rate", _MAX_U32),
             _uint(f[5], "ANNOUNCE lease", 86400), _opt_uint(f[6], "ANNOUNCE wall_ms"))
+
+
+def deadletter(node, count, ids):
+    """[9, node, count, [[epoch, seq], ...]] as bytes, byte-identical to
+    messages.DeadLetter(node, count, ids).encode(); ids: at most 64 (epoch, seq) pairs.
+    Allocates a bytearray for the longest such message (22 + 19 per id) and the
+    result. EncodeError: more ids, an int beyond 64 bits."""
+    n = len(ids)
+    if n > 64:
+        raise EncodeError("DEADLETTER: at most 64 ids, got %d" % n)
+    buf = bytearray(22 + 19 * n)   # heads of at most 9 bytes, the ids' array head 2
+    buf[0] = 0x84
+    buf[1] = head(_KIND_DEADLETTER)
+    p = _put_int(buf, _put_int(buf, 2, node), count)
+    n = _put_uint(buf, p, n)
+    buf[p] |= 0x80
+    for e in ids:
+        buf[n] = 0x82
+        n = _put_int(buf, _put_int(buf, n + 1, e[0]), e[1])
+    return bytes(memoryview(buf)[:n])
 
 
 def _put_uint(buf, p, n):

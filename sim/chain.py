@@ -104,8 +104,9 @@ class Chain:
         sensors, status_every_ms, outbox, float32, host_clock, extra_config: node.json.
         workdir, keep_workdir: as sim.fleet.Fleet.
         heapsize: MicroPython heap per node. The unix port's 64-bit objects need about
-            165 KB after boot and 25-45 KB more under load with the default queues
-            (tests/test_chain_sim.py prints them); a board's 32-bit objects about 60 %.
+            135 KB after boot (the firmware from source files) and 5-20 KB more under
+            load with the default queues (tests/test_chain_sim.py prints them); a
+            board's 32-bit objects about 75 % of that (docs/PERFORMANCE.md).
         tail: give node k a downstream UART too (wire k's far end stays free).
         per_wire: {wire index: {VirtualWire keyword: value}} overrides.
     """

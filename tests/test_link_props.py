@@ -4,11 +4,19 @@ channel simulator of tests/dual/test_link.py.
 Invariants: within a session every offered message is delivered exactly once and in
 order whatever the loss / duplication / corruption / reordering pattern; across a peer
 reboot at least once (exactly once after deduplication); random bytes fed to a link never
-raise; the link's CBOR item walker agrees with the decoder. Plus the efficiency figures:
+raise; the link's CBOR item walkers agree with the decoder; the link's own frame parser
+accepts exactly the frames protocol.messages.decode() accepts as DATA, ACK or HELLO, in
+any encoding, with the same values (on MicroPython too), and importing protocol.link
+loads neither protocol.cbor nor protocol.messages. Plus the efficiency figures:
 on a clean simulated 115200 Bd line, window 8, 20-byte events use >= 90 % of the line.
 """
 
+import binascii
+import random
 import re
+import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import cbor2
@@ -17,9 +25,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import test_link as sim_mod  # tests/dual is on sys.path (conftest.py)
+from conftest import micropython_command
 from protocol import cbor, messages
 from protocol.framing import encode_frame
-from protocol.link import Link, item_end
+from protocol.cbor_lite import item_end as _walk
+from protocol.link import SEQ_MASK, Link, item_end
 from test_link import Sim, Side, dedupe, event, make_pair
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,6 +178,472 @@ def test_item_end_agrees_with_decoder(data):
     else:
         # the walker checks structure only (not UTF-8 or nesting depth)
         assert q == -1 or q <= len(data)
+
+
+# ------------------------------------------------------------------ receiving frames
+
+def reference(frame):
+    """What Link.feed() made of a frame when it decoded it with protocol.messages: None
+    (counted as malformed), or the kind and values it passed on."""
+    try:
+        msg = messages.decode(frame)
+    except Exception:
+        return None
+    t = type(msg)
+    if t is messages.Data and msg.seq <= SEQ_MASK:
+        return ("DATA", msg.seq, msg.payload)
+    if t is messages.Ack and msg.cumulative <= SEQ_MASK:
+        return ("ACK", msg.cumulative, msg.sack, msg.window)
+    if t is messages.Hello and msg.session != 0:
+        return ("HELLO", msg.session, msg.node, msg.hop, msg.reply)
+    return None
+
+
+class Recorder(Link):
+    """An established link whose handlers only record what feed() passes them."""
+
+    def __init__(self):
+        super().__init__(session=0x1234)
+        self.established = True
+        self.got = None
+
+    def _on_data(self, seq, payload):
+        self.got = ("DATA", seq, payload)
+
+    def _on_ack(self, cumulative, sack, window, now):
+        self.got = ("ACK", cumulative, sack, window)
+
+    def _on_hello(self, session, node, hop, reply, now):
+        self.got = ("HELLO", session, node, hop, reply)
+
+
+_recorder = Recorder()
+
+
+def observed(frame):
+    link = _recorder
+    link.got = None
+    malformed = link.malformed
+    link.feed(frame, 0)
+    if link.malformed != malformed:
+        assert link.got is None
+        return None
+    assert link.got is not None
+    if link.got[0] == "DATA":
+        assert type(link.got[2]) is bytes
+    return link.got
+
+
+def check_frame(frame):
+    want = reference(frame)
+    assert observed(frame) == want, frame.hex()
+    assert observed(bytearray(frame)) == want
+    assert observed(memoryview(frame)) == want
+
+
+class Raw:
+    """Bytes that the encoder below copies as they are (malformed ones included)."""
+
+    def __init__(self, data):
+        self.data = data
+
+
+_SIZES = ((0, 24), (1, 256), (2, 65536), (4, 2**32), (8, 2**64))
+
+
+def enc_head(r, mt, n):
+    # a head with argument n, usually the shortest, else any longer one that holds n
+    fits = [k for k, limit in _SIZES if n < limit]
+    k = fits[0] if r.random() < 0.6 else r.choice(fits)
+    if k == 0:
+        return bytes([mt << 5 | n])
+    return bytes([mt << 5 | {1: 24, 2: 25, 4: 26, 8: 27}[k]]) + n.to_bytes(k, "big")
+
+
+def enc_string(r, mt, pieces):
+    # pieces: the string cut in parts (bytes), written as one definite string or, one
+    # time in four, as an indefinite-length one with a chunk per part
+    if r.random() < 0.25:
+        return bytes([mt << 5 | 31]) + b"".join(enc_head(r, mt, len(c)) + c for c in pieces) + b"\xff"
+    whole = b"".join(pieces)
+    return enc_head(r, mt, len(whole)) + whole
+
+
+def cut(r, seq):
+    points = sorted(r.randrange(len(seq) + 1) for _ in range(r.randrange(3)))
+    out = []
+    prev = 0
+    for p in points + [len(seq)]:
+        out.append(seq[prev:p])
+        prev = p
+    return out
+
+
+def enc_any(r, v):
+    """CBOR of v with randomly chosen head lengths and indefinite lengths (any encoding
+    a decoder must accept, not only preferred serialization)."""
+    if isinstance(v, Raw):
+        return v.data
+    if v is None:
+        return b"\xf6"
+    if v is True or v is False:
+        return b"\xf5" if v else b"\xf4"
+    if isinstance(v, int):
+        return enc_head(r, 0, v) if v >= 0 else enc_head(r, 1, -1 - v)
+    if isinstance(v, float):
+        return cbor.dumps(v) if r.random() < 0.5 else b"\xfb" + struct.pack(">d", v)
+    if isinstance(v, bytes):
+        return enc_string(r, 2, cut(r, v))
+    if isinstance(v, str):
+        return enc_string(r, 3, [s.encode() for s in cut(r, v)])
+    if isinstance(v, cbor.Tag):
+        return enc_head(r, 6, v.tag) + enc_any(r, v.value)
+    if isinstance(v, list):
+        body = b"".join(enc_any(r, x) for x in v)
+        if r.random() < 0.25:
+            return b"\x9f" + body + b"\xff"
+        return enc_head(r, 4, len(v)) + body
+    if isinstance(v, tuple):  # a map, as (key, value) pairs: keys may repeat
+        body = b"".join(enc_any(r, k) + enc_any(r, x) for k, x in v)
+        if r.random() < 0.25:
+            return b"\xbf" + body + b"\xff"
+        return enc_head(r, 5, len(v)) + body
+    raise TypeError(v)
+
+
+_LEAVES = [
+    0, 23, 24, 255, 65536, 2**32, 2**64 - 1, -1, -2**64, 1.5, 0.1, float("inf"), "", "temp",
+    "h\u00e9", "\u20ac\U0001f600", b"", b"\x00\xff", None, True, False,
+    Raw(b"\xf7"), Raw(b"\xf0"), Raw(b"\xf8\x20"), Raw(b"\xf9\x3c\x00"), Raw(b"\xfa\x3f\xc0\x00\x00"),
+    # not well-formed, or refused by protocol/cbor.py's decoder
+    Raw(b"\xf8\x10"), Raw(b"\x1c"), Raw(b"\xff"), Raw(b"\x1f"), Raw(b"\xdf\x00"),
+    Raw(b"\x62\xc3\x28"), Raw(b"\x63\xed\xa0\x80"), Raw(b"\x62\xc0\xaf"), Raw(b"\x64\xf4\x90\x80\x80"),
+    Raw(b"\x7f\x61\xc3\xff"), Raw(b"\x7f\x62\xc3\xa9\xff"), Raw(b"\x5f\x61\x61\xff"),
+    Raw(b"\x5f\x5f\xff\xff"), Raw(b"\x7f\xff"), Raw(b"\x5f\x41\x00"), Raw(b"\xbf\x01\xff"),
+    Raw(b"\xa1\x80\x00"), Raw(b"\xa1\xc1\x9f\xff\x00"), Raw(b"\xa1\xc1\xc2\xa0\x00"),
+    Raw(b"\xa1\xc1\x00\x00"), Raw(b"\xa1\x41\x00\x80"),
+]
+
+
+def gen_value(r, depth=0):
+    """Any value for an extra field: leaves, nesting near the depth limit, containers."""
+    x = r.random()
+    if depth >= 3 or x < 0.5:
+        return r.choice(_LEAVES)
+    if x < 0.6:  # nesting around protocol/cbor.py's limit (16, the message array included)
+        k = r.randrange(12, 18)
+        opener = r.choice([b"\x81", b"\x9f", b"\xc1", b"\xa1\x00"])
+        closer = {b"\x81": b"", b"\x9f": b"\xff", b"\xc1": b"", b"\xa1\x00": b""}[opener]
+        return Raw(opener * k + b"\x00" + closer * k)
+    if x < 0.75:
+        return [gen_value(r, depth + 1) for _ in range(r.randrange(4))]
+    if x < 0.9:
+        keys = [0, 1, "a", "", b"k", -1, 1.5, None, cbor.Tag(1, "t"), [1], (), cbor.Tag(1, [])]
+        return tuple((r.choice(keys[:9] if r.random() < 0.8 else keys), gen_value(r, depth + 1))
+                     for _ in range(r.randrange(4)))
+    return cbor.Tag(r.choice([0, 1, 2, 24, 255, 65536, 2**40]), gen_value(r, depth + 1))
+
+
+def gen_uint(r, limit):
+    # mostly an unsigned int near or within limit, sometimes another type
+    x = r.random()
+    if x < 0.05:
+        return r.choice([-1, True, False, None, 1.5, "1", b"\x01", [1], cbor.Tag(2, b"\x01")])
+    if x < 0.3:
+        return r.choice([0, 1, limit, min(limit + 1, 2**64 - 1), 2**64 - 1, 2**32, 65535, 65536,
+                         255, 256])
+    return r.randrange(min(limit, 2**64 - 1) + 1)
+
+
+def gen_payload(r):
+    x = r.random()
+    if x < 0.05:
+        return r.choice(["text", 7, [b"x"], None, cbor.Tag(24, b"\x00")])
+    n = r.choice([0, 1, 20, 200, 1023, 1024, 1025, r.randrange(1100)])
+    seed = r.randrange(256)
+    return bytes((seed + 7 * i) & 255 for i in range(n))
+
+
+def gen_frame(r):
+    """A frame near the link's: any head, typed fields near their limits, missing or
+    extra fields, in any CBOR encoding, sometimes mutated."""
+    head = r.choice([5, 6, 7] * 12 + [0, 1, 3, 4, 8, 15, 31, 37, 38, 39, 2**40,
+                                    -6, 6.0, True, "6", b"\x06", cbor.Tag(1, 6)])
+    if head == 6 and type(head) is int:
+        fields = [gen_uint(r, 0xFFFF), gen_payload(r)]
+    elif head == 5 and type(head) is int:
+        fields = [gen_uint(r, 0xFFFF), gen_uint(r, 2**64 - 1), gen_uint(r, 0xFFFF)]
+    elif head == 7 and type(head) is int:
+        fields = [gen_uint(r, 0xFFFFFFFF), gen_uint(r, 0xFFFFFFFF), gen_uint(r, 255),
+                  gen_uint(r, 0xFFFFFFFF)]
+    else:
+        fields = [gen_value(r) for _ in range(r.randrange(5))]
+    if r.random() < 0.1:
+        fields = fields[:r.randrange(len(fields) + 1)]
+    if r.random() < 0.3:
+        fields += [gen_value(r) for _ in range(r.randrange(1, 4))]
+    frame = enc_any(r, [head] + fields)
+    if r.random() < 0.2:
+        frame = mutate(r, frame)
+    return frame
+
+
+def mutate(r, data):
+    data = bytearray(data)
+    for _ in range(r.randrange(1, 3)):
+        i = r.randrange(len(data) + 1)
+        op = r.randrange(5)
+        if op == 0:
+            del data[i:]
+        elif op == 1 and i < len(data):
+            data[i] = r.randrange(256)
+        elif op == 2:
+            data[i:i] = bytes([r.randrange(256)])
+        elif op == 3 and i < len(data):
+            del data[i]
+        else:
+            data += bytes(r.randrange(256) for _ in range(r.randrange(1, 4)))
+    return bytes(data)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(r=st.randoms(use_true_random=False))
+def test_feed_accepts_what_messages_decode_accepts(r):
+    check_frame(gen_frame(r))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(data=st.binary(max_size=60),
+       prefix=st.sampled_from([b"", b"\x83\x06", b"\x84\x05", b"\x85\x07", b"\x9f\x06",
+                               b"\x83\x06\x19\x12", b"\x84\x05\x00\x00", b"\x9f\x05\x00\x00\x00"]))
+def test_feed_on_arbitrary_bytes(data, prefix):
+    check_frame(prefix + data)
+
+
+@settings(max_examples=500, deadline=None)
+@given(seq=st.integers(0, 2**64 - 1) | st.integers(0, 0x10000), payload=st.binary(max_size=1100),
+       cum=st.integers(0, 0x10000), sack=st.integers(0, 2**64 - 1), window=st.integers(0, 0x10000),
+       hello=st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 255),
+                       st.integers(0, 2**32 - 1)))
+def test_feed_preferred_encodings_from_messages(seq, payload, cum, sack, window, hello):
+    check_frame(messages.Data(seq, payload).encode())
+    check_frame(messages.Ack(cum, sack, window).encode())
+    check_frame(messages.Hello(*hello).encode())
+    # the same through cbor.dumps, with extra fields
+    check_frame(cbor.dumps([6, seq, payload, "later", {"x": [1, 2.5]}]))
+
+
+def test_feed_vectors():
+    # by hand: what the generators above hit only by chance
+    ok = [
+        ("83 06 00 40", ("DATA", 0, b"")),
+        ("83 18 06 19 ff ff 41 00", ("DATA", 0xFFFF, b"\x00")),                 # head in 2 bytes
+        ("83 1b 00 00 00 00 00 00 00 06 1a 00 00 00 05 5f 41 61 40 42 62 63 ff",  # all long
+         ("DATA", 5, b"abc")),
+        ("9f 06 01 5f ff ff", ("DATA", 1, b"")),
+        ("98 03 06 01 41 01", ("DATA", 1, b"\x01")),
+        ("9b 00 00 00 00 00 00 00 05 05 00 1b ff ff ff ff ff ff ff ff 19 ff ff f6",
+         ("ACK", 0, 2**64 - 1, 0xFFFF)),
+        ("85 07 1a ff ff ff ff 00 18 ff 00", ("HELLO", 0xFFFFFFFF, 0, 255, 0)),
+        ("86 07 01 02 03 04" + " 81" * 14 + " 80", ("HELLO", 1, 2, 3, 4)),  # 15 arrays + 1
+        ("86 07 01 02 03 04" + " 9f" * 15 + " ff" * 15, ("HELLO", 1, 2, 3, 4)),
+        ("9f 05 01 02 03 a2 01 02 01 03 c1 c2 00 ff", ("ACK", 1, 2, 3)),        # repeated key
+        ("85 05 01 02 03 7f 62 c3 a9 ff", ("ACK", 1, 2, 3)),
+        ("86 07 01 02 03 04" + " d8 20" * 15 + " 00", ("HELLO", 1, 2, 3, 4)),  # 15 tags + 1
+    ]
+    bad = [
+        "", "83 06 00", "83 06 00 40 00", "82 06 00", "80", "a0", "9f 06 00 40",
+        "83 26 00 40",                                    # version 2
+        "83 06 1a 00 01 00 00 40",                        # seq > SEQ_MASK
+        "83 06 00 5a 00 00 04 01" + " 00" * 1025,         # payload of 1025 bytes
+        "83 06 00 5f 59 04 00" + " 00" * 1024 + " 41 00 ff",  # 1025 bytes in chunks
+        "83 06 00 5f 61 61 ff", "83 06 00 5f 5f ff ff", "83 06 00 c2 40",
+        "84 05 00 00 1a 00 01 00 00", "84 05 20 00 00", "84 05 00 00 f4",
+        "85 07 00 01 02 03", "85 07 01 02 19 01 00 03", "85 07 1b 00 00 00 01 00 00 00 00 01 02 03",
+        "86 07 01 02 03 04" + " 81" * 15 + " 80",                              # 16 arrays + 1
+        "86 07 01 02 03 04" + " 9f" * 16 + " ff" * 16,
+        "86 07 01 02 03 04" + " d8 20" * 16 + " 00",                           # 16 tags
+        "85 05 01 02 03 62 c3 28", "85 05 01 02 03 a1 81 00 00", "85 05 01 02 03 a1 c1 a0 00",
+        "85 05 01 02 03 bf 00 ff", "85 05 01 02 03 f8 1f", "85 05 01 02 03 ff",
+        "9f 05 01 02 03", "9f 05 01 02 03 ff 00", "85 07 01 02 03",
+    ]
+    for text, want in ok:
+        frame = bytes.fromhex(text)
+        assert reference(frame) == want, text
+        check_frame(frame)
+    for text in bad:
+        frame = bytes.fromhex(text)
+        assert reference(frame) is None, text
+        check_frame(frame)
+
+
+# protocol/link.py's item_end before it walked indefinite lengths itself: the oracle
+def item_end_before(data, pos=0, end=-1):
+    if end < 0:
+        end = len(data)
+    start = pos
+    need = 1
+    while need:
+        if pos >= end:
+            return -1
+        ib = data[pos]
+        mt = ib >> 5
+        ai = ib & 31
+        pos += 1
+        if ai < 24:
+            n = ai
+        elif ai == 24:
+            if pos >= end:
+                return -1
+            n = data[pos]
+            pos += 1
+        elif ai == 25:
+            if pos + 2 > end:
+                return -1
+            n = (data[pos] << 8) | data[pos + 1]
+            pos += 2
+        elif ai == 26 or ai == 27:
+            k = 4 if ai == 26 else 8
+            if pos + k > end:
+                return -1
+            hi = 0
+            for i in range(pos, pos + k - 2):
+                hi |= data[i]
+            n = end + 1 if hi else (data[pos + k - 2] << 8) | data[pos + k - 1]
+            pos += k
+        elif ai == 31:
+            try:
+                q = cbor.decode_one(data, start)[1]
+            except ValueError:
+                return -1
+            return q if q <= end else -1
+        else:
+            return -1
+        need -= 1
+        if mt == 2 or mt == 3:
+            if n > end - pos:
+                return -1
+            pos += n
+        elif mt == 4:
+            need += n
+        elif mt == 5:
+            need += n + n
+        elif mt == 6:
+            need += 1
+        elif mt == 7 and ai == 24 and n < 32:
+            return -1
+        if need > end - pos:
+            return -1
+    return pos
+
+
+def decode_end(data, pos, end):
+    """Where protocol/cbor.py's decoder ends the item at data[pos] if it lies within
+    data[:end], else -1."""
+    try:
+        q = cbor.decode_one(data, pos)[1]
+    except cbor.CBORDecodeError:
+        return -1
+    return q if q <= end else -1
+
+
+def check_walkers(data):
+    n = len(data)
+    for pos in sorted({0, 1, n // 2}):
+        for end in sorted({n, n - 1, pos + (n - pos) // 2}):
+            if end < pos:
+                continue
+            assert _walk(data, pos, end, 16) == decode_end(data, pos, end), (data.hex(), pos, end)
+            assert item_end(data, pos, end) == item_end_before(data, pos, end), (data.hex(), pos, end)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(data=st.binary(max_size=40))
+def test_walkers_agree_on_arbitrary_bytes(data):
+    check_walkers(data)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(r=st.randoms(use_true_random=False), tail=st.binary(max_size=3))
+def test_walkers_agree_on_any_encoding(r, tail):
+    data = enc_any(r, gen_value(r)) + tail
+    if r.random() < 0.3:
+        data = mutate(r, data)
+    check_walkers(data)
+    check_walkers(enc_any(r, [gen_value(r) for _ in range(3)]))
+
+
+# What the link makes of frames and CBOR items under MicroPython, for comparison with
+# CPython: one line per hex input "<frame outcome> <item_end> <cbor_lite.item_end>".
+MP_SCRIPT = r"""
+import sys
+import binascii
+sys.path.insert(0, sys.argv[1])
+from protocol.cbor_lite import item_end as _walk
+from protocol.link import Link, item_end
+
+
+class Recorder(Link):
+    def _on_data(self, seq, payload):
+        self.got = "DATA %d %s %s" % (seq, binascii.hexlify(payload).decode(), type(payload) is bytes)
+
+    def _on_ack(self, cumulative, sack, window, now):
+        self.got = "ACK %d %d %d" % (cumulative, sack, window)
+
+    def _on_hello(self, session, node, hop, reply, now):
+        self.got = "HELLO %d %d %d %d" % (session, node, hop, reply)
+
+
+link = Recorder(session=0x1234)
+link.established = True
+for line in open(sys.argv[2]):
+    data = binascii.unhexlify(line.strip())
+    link.got = "-"
+    link.feed(data, 0)
+    print(link.got, item_end(data), _walk(data, 0, len(data), 16))
+"""
+
+
+def describe(got):
+    if got is None:
+        return "-"
+    if got[0] == "DATA":
+        return "DATA %d %s True" % (got[1], got[2].hex())
+    return " ".join(str(x) for x in got)
+
+
+def test_micropython_agrees(tmp_path):
+    r = random.Random(20240705)
+    inputs = [gen_frame(r) for _ in range(3000)]
+    inputs += [enc_any(r, gen_value(r)) for _ in range(1000)]
+    inputs += [bytes(r.randrange(256) for _ in range(r.randrange(1, 30))) for _ in range(1000)]
+    (tmp_path / "in.txt").write_text("".join(d.hex() + "\n" for d in inputs))
+    (tmp_path / "mp_link.py").write_text(MP_SCRIPT)
+    proc = subprocess.run([micropython_command(), "-X", "heapsize=8M", str(tmp_path / "mp_link.py"),
+                           str(ROOT), str(tmp_path / "in.txt")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == len(inputs)
+    accepted = 0
+    for data, line in zip(inputs, lines):
+        want = "%s %d %d" % (describe(reference(data)), item_end_before(data),
+                             decode_end(data, 0, len(data)))
+        assert line == want, data.hex()
+        accepted += line[0] != "-"
+    assert accepted > 600, accepted  # the frames are not all malformed
+
+
+@pytest.mark.parametrize("interpreter", ["cpython", "micropython"])
+def test_link_loads_neither_cbor_nor_messages(interpreter):
+    exe = sys.executable if interpreter == "cpython" else micropython_command()
+    code = ("import sys; sys.path.insert(0, %r); import protocol.link; "
+            "print(sorted(m for m in sys.modules if m.startswith('protocol')))" % str(ROOT))
+    proc = subprocess.run([exe, "-c", code], capture_output=True, text=True, timeout=60, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    loaded = proc.stdout.strip()
+    assert "protocol.link" in loaded, loaded
+    assert "protocol.cbor'" not in loaded and "protocol.messages" not in loaded, loaded
 
 
 # ------------------------------------------------------------------ efficiency

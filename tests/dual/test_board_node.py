@@ -340,7 +340,7 @@ def test_chain_node_on_a_board_samples_board_sensors_and_takes_the_ntp_clock():
         node.boot()
         assert node.time_base is None
         # the base's ANNOUNCE (from upstream) gives a time base meanwhile, 5 s off
-        node._announce(messages.Announce("b1", "", 0, ["#"], 0, 60, NTP_MS + 5000))
+        node._from_up(messages.Announce("b1", "", 0, ["#"], 0, 60, NTP_MS + 5000).encode())
         assert node.time_base == NTP_MS + 5000 - node.uptime
         network.ap_up()
         node.run(5000)                             # Wi-Fi joins, NTP syncs
@@ -348,7 +348,7 @@ def test_chain_node_on_a_board_samples_board_sensors_and_takes_the_ntp_clock():
         wall = hal.wall_ms()
         assert wall is not None and -2 <= node.time_base + node.uptime - wall <= 2
         tb = node.time_base
-        node._announce(messages.Announce("b1", "", 0, ["#"], 0, 60, NTP_MS + 5000))
+        node._from_up(messages.Announce("b1", "", 0, ["#"], 0, 60, NTP_MS + 5000).encode())
         assert node.time_base == tb                # the board's clock wins from now on
         assert node.published >= 4                 # mcu_temp readings accepted each second
         assert type(node.sensors[0]).__name__ == "BoardSensor"

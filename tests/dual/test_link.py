@@ -298,11 +298,29 @@ def test_item_end_sequence_and_malformed():
     assert item_end(b"\x9a\x00\x01\x00\x00\x01") == -1  # array of 65536 items in 6 bytes
     assert item_end(b"\x5b\x00\x00\x00\x01\x00\x00\x00\x00") == -1
     assert item_end(b"") == -1
-    # indefinite lengths go through cbor.decode_one
+    # an item with an indefinite length is walked with every check of cbor's decoder
     assert item_end(b"\x9f\x01\x02\xff\x00") == 4
     assert item_end(b"\x5f\x41\x61\xff") == 4
     assert item_end(b"\x9f\x01\x02") == -1
     assert item_end(b"\x82\x9f\xff\x01", 0) == 4
+    assert item_end(b"\x82\x9f\xff\x01", 0, 3) == -1
+    assert item_end(b"\xbf\x01\x02\x03\xff") == -1    # break where a value is due
+    assert item_end(b"\x5f\x61\x61\xff") == -1        # text chunk in a byte string
+    assert item_end(b"\x5f\x5f\xff\xff") == -1        # nested indefinite chunk
+    assert item_end(b"\x7f\x62\xc3\xa9\xff") == 5
+    assert item_end(b"\x7f\x61\xc3\x61\xa9\xff") == -1  # a character split between chunks
+    assert item_end(b"\x82\x62\xc3\x28\x9f\xff") == -1  # invalid UTF-8 before it
+    assert item_end(b"\x82\x62\xc3\x28\x80") == 5        # (not checked without one)
+    assert item_end(b"\x82\xa1\x80\x00\x9f\xff") == -1  # an array as a map key
+    assert item_end(b"\x81" * 15 + b"\x9f\xff") == 17
+    assert item_end(b"\x81" * 16 + b"\x9f\xff") == -1    # nested deeper than cbor's 16
+    for data in (b"\x9f\x01\x02\xff\x00", b"\xbf\x01\x02\x03\xff", b"\x7f\x62\xc3\xa9\xff",
+                 b"\x81" * 16 + b"\x9f\xff", b"\x82\xa1\x80\x00\x9f\xff", b"\xc1\x5f\x40\xff"):
+        try:
+            end = cbor.decode_one(data, 0)[1]
+        except cbor.CBORDecodeError:
+            end = -1
+        assert item_end(data) == end, data
 
 
 # ------------------------------------------------------------------ wire encodings
@@ -372,6 +390,109 @@ def test_doc_worked_example():
     assert node.hellos_sent + base.hellos_sent == 3
     d = messages.decode(h(DOC_DATA))
     assert d.seq == 0xD123 and d.payload == e1 + e2
+
+
+# ------------------------------------------------------------------ receiving frames
+
+def _decoded(frame):
+    # what feed() must make of a frame: protocol.messages' verdict, None when malformed
+    try:
+        msg = messages.decode(frame)
+    except Exception:
+        return None
+    if type(msg) is messages.Data and msg.seq <= SEQ_MASK:
+        return ("DATA", msg.seq, msg.payload)
+    if type(msg) is messages.Ack and msg.cumulative <= SEQ_MASK:
+        return ("ACK", msg.cumulative, msg.sack, msg.window)
+    if type(msg) is messages.Hello and msg.session:
+        return ("HELLO", msg.session, msg.node, msg.hop, msg.reply)
+    return None
+
+
+class _Recorder(Link):
+    # established; its handlers only record what feed() passes them
+    def _on_data(self, seq, payload):
+        self.got = ("DATA", seq, payload)
+
+    def _on_ack(self, cumulative, sack, window, now):
+        self.got = ("ACK", cumulative, sack, window)
+
+    def _on_hello(self, session, node, hop, reply, now):
+        self.got = ("HELLO", session, node, hop, reply)
+
+
+def _fed(link, frame):
+    link.got = None
+    malformed = link.malformed
+    link.feed(frame, 0)
+    if link.malformed != malformed:
+        assert link.got is None
+        return None
+    if link.got[0] == "DATA":
+        assert type(link.got[2]) is bytes
+    return link.got
+
+
+# link frames in encodings the link itself never sends, and near misses
+FRAME_VECTORS = [
+    ("83 06 00 40", ("DATA", 0, b"")),
+    ("83 18 06 19 ff ff 41 00", ("DATA", 0xFFFF, b"\x00")),
+    ("83 1b 00 00 00 00 00 00 00 06 1a 00 00 00 05 5f 41 61 40 42 62 63 ff", ("DATA", 5, b"abc")),
+    ("9f 06 01 5f ff ff", ("DATA", 1, b"")),
+    ("98 04 06 01 41 01 f6", ("DATA", 1, b"\x01")),
+    ("9b 00 00 00 00 00 00 00 05 05 00 1b ff ff ff ff ff ff ff ff 19 ff ff f6",
+     ("ACK", 0, 0xFFFFFFFFFFFFFFFF, 0xFFFF)),
+    ("85 07 1a ff ff ff ff 00 18 ff 00", ("HELLO", 0xFFFFFFFF, 0, 255, 0)),
+    ("9f 05 01 02 03 a2 01 02 01 03 c1 c2 00 ff", ("ACK", 1, 2, 3)),
+    ("85 05 01 02 03 7f 62 c3 a9 ff", ("ACK", 1, 2, 3)),
+    ("86 07 01 02 03 04 " + "81 " * 14 + "80", ("HELLO", 1, 2, 3, 4)),
+    ("86 07 01 02 03 04 " + "d8 20 " * 15 + "00", ("HELLO", 1, 2, 3, 4)),
+    ("86 07 01 02 03 04 " + "81 " * 15 + "80", None),  # nested deeper than cbor's 16
+    ("86 07 01 02 03 04 " + "9f " * 16 + "ff " * 16, None),
+    ("83 06 00 5a 00 00 04 01 " + "00 " * 1025, None),  # payload over codes.MAX_FRAME
+    ("83 06 00 5f 59 04 00 " + "00 " * 1024 + "41 00 ff", None),
+    ("83 06 00 5f 61 61 ff", None), ("83 06 00 c2 40", None), ("83 06 00 40 00", None),
+    ("83 26 00 40", None), ("84 05 20 00 00", None), ("84 05 00 00 f4", None),
+    ("85 07 01 02 19 01 00 03", None), ("85 07 1b 00 00 00 01 00 00 00 00 01 02 03", None),
+    ("85 05 01 02 03 62 c3 28", None), ("85 05 01 02 03 63 ed a0 80", None),
+    ("85 05 01 02 03 a1 81 00 00", None), ("85 05 01 02 03 a1 c1 a0 00", None),
+    ("85 05 01 02 03 bf 00 ff", None), ("85 05 01 02 03 f8 1f", None),
+    ("9f 05 01 02 03", None), ("9f 05 01 02 03 ff 00", None),
+]
+
+
+def test_feed_parses_link_frames_in_any_encoding():
+    link = _Recorder(session=0x1234)
+    link.established = True
+    for text, want in FRAME_VECTORS:
+        frame = h(text)
+        assert _decoded(frame) == want, text
+        assert _fed(link, frame) == want, text
+        assert _fed(link, bytearray(frame)) == want, text
+    # the same verdict as protocol.messages for frames mutated at random
+    rng = Lcg(99)
+    frames = [h(t) for t, _ in FRAME_VECTORS if len(t) < 200]
+    frames += [encode_ack(1, 2, 3), encode_hello(1, 2, 3, 4), messages.Data(7, event(1)).encode()]
+    agreed = accepted = 0
+    for _ in range(1500):
+        frame = bytearray(frames[rng.below(len(frames))])
+        for _ in range(1 + rng.below(2)):
+            i = rng.below(len(frame) + 1)
+            op = rng.below(4)
+            if op == 0:
+                frame = frame[:i]
+            elif op == 1 and i < len(frame):
+                frame[i] = rng.below(256)
+            elif op == 2:
+                frame = frame[:i] + bytes([rng.below(256)]) + frame[i:]
+            elif i < len(frame):
+                frame = frame[:i] + frame[i + 1:]
+        frame = bytes(frame)
+        want = _decoded(frame)
+        assert _fed(link, frame) == want, hx(frame)
+        agreed += 1
+        accepted += want is not None
+    assert agreed == 1500 and accepted > 50
 
 
 # ------------------------------------------------------------------ session handshake

@@ -1,5 +1,6 @@
-# The node's wire path: protocol/nodewire.py (EventWriter, StatusWriter, ANNOUNCE
-# parsing) and firmware/node.py publishing through it. Every datagram a node sends
+# The node's wire path: protocol/nodewire.py (EventWriter, StatusWriter, DEADLETTER),
+# protocol/cbor_lite.py (ANNOUNCE parsing; a chain node's control messages and event
+# ids) and firmware/node.py publishing through them. Every datagram a node sends
 # must be byte-identical to the generic encoding (protocol.messages), signed or not,
 # and a publish must not allocate on MicroPython.
 # Plain functions with bare asserts: pytest runs them on CPython and
@@ -8,7 +9,7 @@ import sys
 
 from protocol import cbor, cbor_lite, codes, messages, nodewire
 from protocol.auth import Key, verify
-from protocol.messages import Event, Status, Batch, Announce
+from protocol.messages import Event, Status, Batch, Announce, Enumerate, DeadLetter
 from firmware import config
 from firmware.node import Node
 from spec_vectors import load
@@ -253,6 +254,11 @@ def test_private_constants_agree_with_codes():
     assert (cbor_lite._VERSION, cbor_lite._KIND_BITS, cbor_lite._KIND_MASK,
             cbor_lite._KIND_ANNOUNCE) == (codes.VERSION, codes.KIND_BITS, codes.KIND_MASK,
                                           codes.KIND_ANNOUNCE)
+    assert (cbor_lite._KIND_EVENT, cbor_lite._KIND_BATCH, cbor_lite._KIND_ENUMERATE) == (
+        codes.KIND_EVENT, codes.KIND_BATCH, codes.KIND_ENUMERATE)
+    assert cbor_lite._MAX_U32 == nodewire._MAX_U32 == 2**32 - 1
+    assert cbor_lite._MAX_U64 == nodewire._MAX_U64 == 2**64 - 1
+    assert nodewire._KIND_DEADLETTER == codes.KIND_DEADLETTER
     assert nodewire._MAX_DATAGRAM == codes.MAX_DATAGRAM == node_mod._MAX_DATAGRAM
     assert node_mod._MAX_BODY == codes.MAX_DATAGRAM - 9
     assert nodewire.head(nodewire._KIND_BATCH) == messages.head(codes.KIND_BATCH)
@@ -509,3 +515,220 @@ def test_parse_announce_allocates_little_on_hostile_input():
     # the decoded strings (at most the datagram twice over: bytes, then text), at most 16
     # filters and an error message with the bad value
     assert worst <= 3072, worst
+
+
+# --- a chain node's reading without protocol.messages: control messages, event ids -------
+
+def _fails(fn, raw):
+    try:
+        fn(raw)
+    except nodewire.ProtocolError:
+        return
+    assert False, (fn, raw)
+
+
+def _uhex(h):
+    import binascii
+    return binascii.unhexlify(h.replace(" ", ""))
+
+
+def test_parse_control_and_event_ids_read_the_spec_vectors():
+    kinds = {}
+    for name, raw in load().items():
+        m = messages.decode(raw)        # every vector of the spec is a valid message
+        k = raw[1]
+        kinds[k] = 1
+        ctl = cbor_lite.parse_control(raw)
+        ids = cbor_lite.event_ids(raw)
+        assert cbor_lite.parse_control(bytearray(raw)) == ctl
+        assert cbor_lite.event_ids(memoryview(raw)) == ids
+        if isinstance(m, Announce):
+            assert ctl == (4, (m.base, m.host, m.port, list(m.filters), m.max_rate, m.lease,
+                               m.wall_ms)), name
+            assert ctl[1] == cbor_lite.parse_announce(raw)
+        elif isinstance(m, Enumerate):
+            assert ctl == (codes.KIND_ENUMERATE, m.request), name
+            assert cbor_lite.parse_announce(raw) is None
+        else:
+            assert ctl == (k, None), name
+        if isinstance(m, Event):
+            assert ids == (m.node, m.epoch, m.seq, 1), name
+        elif isinstance(m, Batch):
+            assert ids == (m.node, m.epoch, m.seq0, len(m.readings)), name
+        else:
+            assert ids is None, name
+    for k in (1, 2, 4, 8):
+        assert k in kinds, k
+
+
+def test_parse_control_checks_enumerate_as_messages_does():
+    good = [("820801", 1), ("82081a ffffffff", 4294967295), ("820800", 0),
+            ("8208 1b 00000000 00000005", 5),           # not preferred: accepted
+            ("8308 17 f6", 23), ("8408 18 18 81 00 a0", 24),   # extra fields: ignored
+            ("9f 08 19 0100 ff", 256), ("9f 08 01 9f ff 7f ff ff", 1)]
+    bad = ["8108", "9f08ff",                             # no request
+           "8208 1b 0000000100000000",                 # > uint32
+           "8208 20", "8208 f5", "8208 f6", "8208 f93c00", "8208 6131", "8208 4101",
+           "8208 80", "8208 c1 01",                    # tagged: a Tag, not an int
+           "8208 1f", "8208 1c", "8208 1a ffff",       # indefinite, reserved, short head
+           "8208 01 00", "8308 01", "8308 01 7f", "9f 08 01", "8308 01 ff",
+           "82 18 28 01",                              # version 2
+           "8308 01 f8 10"]                            # two-byte simple value < 32
+    for h, req in good:
+        raw = _uhex(h)
+        assert cbor_lite.parse_control(raw) == (8, req), h
+        assert messages.decode(raw).request == req, h
+        assert cbor_lite.parse_announce(raw) is None
+        assert cbor_lite.event_ids(raw) is None
+    for h in bad:
+        raw = _uhex(h)
+        _fails(cbor_lite.parse_control, raw)
+        try:
+            messages.decode(raw)
+            assert False, h
+        except messages.ProtocolError:
+            pass
+    # parse_announce does not check an ENUMERATE's fields (it never did)
+    assert cbor_lite.parse_announce(_uhex("8108")) is None
+    assert cbor_lite.parse_announce(_uhex("8208 f5")) is None
+    _fails(cbor_lite.parse_announce, _uhex("8208 01 00"))       # but it is still CBOR
+    # other kinds: walked, not checked; the ANNOUNCE's checks are parse_announce's
+    assert cbor_lite.parse_control(cbor.dumps([5, "not", "an", "ack"])) == (5, None)
+    assert cbor_lite.parse_control(cbor.dumps([31])) == (31, None)
+    assert cbor_lite.parse_control(_uhex("8101")) == (1, None)      # an EVENT: not read
+    for h in HOSTILE:
+        _fails(cbor_lite.parse_control, _uhex(h))
+
+
+def test_event_ids_reads_node_epoch_and_seq():
+    U64 = 18446744073709551615
+    for args in ((0, 0, 0), (7, 3, 300), (4294967295, 4294967295, U64), (24, 256, 65536)):
+        raw = Event(args[0], args[1], args[2], 1000, "temp", 21.5).encode()
+        assert cbor_lite.event_ids(raw) == args + (1,)
+        raw = Event(args[0], args[1], args[2], 0, "a/b", {"x": 1}, 5).encode()
+        assert cbor_lite.event_ids(raw) == args + (1,)
+        for n in (1, 7, 8, 128):
+            rs = [(1000 + i, "t", i) for i in range(n)]
+            raw = cbor.dumps(Batch(args[0], args[1], args[2], rs, 3).to_fields())
+            assert cbor_lite.event_ids(raw) == args + (n,)
+            assert cbor_lite.event_ids(_batch(rs, args[0], args[1], args[2])) == args + (n,)
+    # only node, epoch, seq (and the readings' count) are checked: the rest is walked
+    ok = [("87 01 07 03 18 2a 00 f6 f6", (7, 3, 42, 1)),            # topic and value: null
+          ("8a 01 07 03 01 20 80 a0 c1 00 f9 3c00 f7", (7, 3, 1, 1)),   # odd t, extras
+          ("9f 01 07 03 01 00 61 61 00 ff", (7, 3, 1, 1)),            # indefinite message
+          ("86 02 07 03 01 f6 83 f6 f6 f6", (7, 3, 1, 1)),            # t0, reading: null
+          ("87 02 07 03 05 00 9f 00 61 61 00 00 61 61 00 ff 20", (7, 3, 5, 2)),
+          ("86 02 1a ffffffff 00 1b ffffffffffffffff 00 83 00 61 61 00", (4294967295, 0, U64, 1))]
+    for h, want in ok:
+        assert cbor_lite.event_ids(_uhex(h)) == want, h
+    bad = ["86 01 07 03 01 00 61 61",                 # EVENT: 5 fields
+           "85 02 07 03 01 00",                       # BATCH: 4 fields
+           "87 01 1b 0000000100000000 03 01 00 61 61 00",   # node > uint32
+           "87 01 07 1b 0000000100000000 01 00 61 61 00",   # epoch > uint32
+           "87 01 07 03 20 00 61 61 00",              # seq < 0
+           "87 01 07 03 f9 3c00 00 61 61 00",         # seq: a float
+           "87 01 07 03 c1 01 00 61 61 00",           # seq: a tag
+           "87 01 f5 03 01 00 61 61 00",              # node: true
+           "87 01 07 f6 01 00 61 61 00",              # epoch: null
+           "87 01 07 03 1f 00 61 61 00",              # seq: indefinite
+           "86 02 07 03 01 00 80",                    # no readings
+           "86 02 07 03 01 00 84 00 61 61 00 00",     # 4 items
+           "86 02 07 03 01 00 a1 00 00",              # readings: a map
+           "86 02 07 03 01 00 63 616161",             # readings: text
+           "86 02 07 03 01 00 9f 00 61 61 ff",        # 2 items, indefinite
+           "86 02 07 03 01 00 83 00 61 61",           # truncated
+           "86 02 07 03 01 00 83 00 61 61 00 00",     # trailing byte
+           "86 02 07 03 01 00 83 00 61 ff 00",        # text not UTF-8
+           "88 01 07 03 01 00 61 61 00 1c",           # reserved additional information
+           "87 18 21 07 03 01 00 61 61 00",           # version 2
+           "88 01 07 03 01 00 61 61 00 c1"]           # a tag without its item
+    for h in bad:
+        _fails(cbor_lite.event_ids, _uhex(h))
+    big = b"\x86\x02\x07\x03\x01\x00\x99\x01\x83" + b"\x00\x61a\x00" * 129     # 129 readings
+    _fails(cbor_lite.event_ids, big)
+    assert cbor_lite.event_ids(b"\x86\x02\x07\x03\x01\x00\x99\x01\x80" + b"\x00\x61a\x00" * 128
+                               ) == (7, 3, 1, 128)
+    deep = "87 01 07 03 01 00 61 61"
+    assert cbor_lite.event_ids(_uhex(deep + "81" * 15 + "00")) == (7, 3, 1, 1)
+    _fails(cbor_lite.event_ids, _uhex(deep + "81" * 16 + "00"))
+    # other kinds: None, still walked
+    assert cbor_lite.event_ids(_uhex("820801")) is None
+    assert cbor_lite.event_ids(cbor.dumps([3, "not", "a", "status"])) is None
+    _fails(cbor_lite.event_ids, _uhex("8203 7f 61 ff"))
+    for h in HOSTILE:     # not CBOR, not a message: refused; a bad ANNOUNCE: None
+        raw = _uhex(h)
+        try:
+            v = cbor.loads(raw)
+            kind = v[0] if type(v) is list and v and type(v[0]) is int and 0 <= v[0] < 32 else -1
+        except cbor.CBORDecodeError:
+            kind = -1
+        if kind < 0:
+            _fails(cbor_lite.event_ids, raw)
+        else:
+            assert kind == 4 and cbor_lite.event_ids(raw) is None, h
+
+
+def test_deadletter_is_the_generic_encoding():
+    assert nodewire.deadletter(7, 2, [(3, 17), (3, 18)]) == load()["deadletter"]
+    U64 = 18446744073709551615
+    for node, count in ((0, 0), (7, 2), (24, 255), (4294967295, U64)):
+        for n in (0, 1, 23, 24, 64):
+            ids = [(i * 977 % 4294967296, i * 65537 * 131071) for i in range(n)]
+            if n == 64:
+                ids[-1] = (4294967295, U64)
+            got = nodewire.deadletter(node, count, ids)
+            assert type(got) is bytes
+            assert got == DeadLetter(node, count, ids).encode(), (node, count, n)
+            m = messages.decode(got)
+            assert (m.node, m.count, m.ids) == (node, count, ids)
+    assert nodewire.deadletter(1, 1, [[3, 4]]) == DeadLetter(1, 1, [(3, 4)]).encode()
+    for args in ((1, 1, [(1, 1)] * 65), (U64 + 1, 1, []), (1, 1, [(1, U64 + 1)])):
+        try:
+            nodewire.deadletter(args[0], args[1], args[2])
+            assert False, args
+        except nodewire.EncodeError:
+            pass
+
+
+def _alloc(fn, arg):
+    import gc
+    gc.collect()
+    gc.disable()
+    a = gc.mem_alloc()
+    try:
+        fn(arg)
+    except nodewire.ProtocolError:
+        pass
+    b = gc.mem_alloc()
+    gc.enable()
+    return b - a
+
+
+def test_chain_reading_allocates_little_on_micropython():
+    if not _MP:
+        return
+    ids = [(3, 4000000000 + i) for i in range(64)]
+    want = len(DeadLetter(7, 64, ids).encode())
+    # the buffer for the longest such message, a view of it and the result
+    assert _alloc(lambda a: nodewire.deadletter(7, 64, a), ids) <= 22 + 19 * 64 + want + 256
+    # valid messages: the walk's state, the fields read and the result
+    valid = [_uhex("8208 01"), Event(7, 3, 300, 1000, "temp", 21.5).encode(),
+             cbor.dumps(Batch(7, 3, 5, [(1000 + i, "t/%d" % i, {"x": i}) for i in range(128)]
+                              ).to_fields()),
+             b"\x86\x02\x07\x03\x01\x00\x9f" + b"\x00\x60\x00" * 128 + b"\xff"]
+    assert cbor_lite.event_ids(valid[3]) == (7, 3, 1, 128)
+    for d in valid:
+        assert cbor_lite.parse_control(d)[0] == d[1]
+        for fn in (cbor_lite.event_ids, cbor_lite.parse_control):
+            n = _alloc(fn, d)
+            assert n <= 512, (fn, len(d), n)
+    # hostile ones: an error message besides; event_ids builds no strings, parse_control
+    # those of an ANNOUNCE (see test_parse_announce_allocates_little_on_hostile_input)
+    hostile = [_uhex(h) for h in HOSTILE]
+    hostile.append(b"\x82\x02\x9b\x00\x00\x00\x00\xff\xff\xff\xff")      # 4 G items declared
+    hostile.append(b"\x87\x02\x07\x03\x01\x00\x9f" + b"\x00\x60\x00" * 300 + b"\xff")
+    hostile.append(b"\x86\x02\x07\x03\x01\x00\x9f" + b"\x00\x60\x00" * 300 + b"\x00\xff")
+    hostile.append(b"\x82\x08\x9f" + b"\x60" * 1300 + b"\xff")
+    for d in hostile:
+        assert _alloc(cbor_lite.event_ids, d) - 2 * len(d) <= 1024, d
+        assert _alloc(cbor_lite.parse_control, d) - 2 * len(d) <= 3072, d

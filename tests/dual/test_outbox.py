@@ -351,3 +351,28 @@ def test_dead_letters_are_bounded_acknowledged_and_persisted():
     for node in range(20):                  # at most MAX_NODES nodes remembered
         d3.add(100 + node, [(1, 1)])
     assert len(d3.nodes) == DeadLetters.MAX_NODES and d3.lost_ids == 20 - DeadLetters.MAX_NODES
+
+
+def test_dead_letter_file_is_the_cbor_of_the_list_and_a_damaged_one_is_forgotten():
+    # written without a generic CBOR codec, byte for byte what protocol.cbor.dumps
+    # writes for the list (so files written before load the same)
+    from protocol import cbor
+    fl = Flash()
+    d = DeadLetters(fl, "deadletter")
+    d.add(7, [(1, 0), (1, 23), (1, 24), (2, 255), (2, 256), (3, 65535), (3, 65536)])
+    d.add(4000000000, [(4294967295, 2 ** 40)])
+    d.add(9, [])
+    d.save()
+    raw = fl.read_file("deadletter")
+    assert raw == cbor.dumps([[e[0], e[1], [[p[0], p[1]] for p in e[2]]] for e in d.nodes])
+    d2 = DeadLetters(fl, "deadletter")
+    d2.load()
+    assert d2.nodes == d.nodes
+    logs = []
+    for bad in (raw[:-1], raw + b"\x00", b"\xa0", b"\x81\x82\x01\x02",
+                b"\x81\x83\x01\x02\x81\x83\x01\x02\x03", b"\x9f\xff", b"\x81\x83\x1c\x01\x80"):
+        fl.files["deadletter"] = bad
+        d3 = DeadLetters(fl, "deadletter")
+        d3.load()
+        assert d3.nodes == [], bad
+    assert sum(1 for line in fl.logs if "dead-letter file unreadable" in line) == 7
