@@ -10,7 +10,8 @@ disabled, 200 publishes after a warm-up:
 * sine sensor (float readings): 160 bytes per publish, all of it the waveform's boxed
   floats in firmware/sensors.py; publishing the float itself allocates nothing.
 * a UDP node (unix HAL) that boots, publishes EVENTs or BATCHes of every value type
-  and reads ANNOUNCEs never imports protocol.cbor or protocol.messages.
+  and reads ANNOUNCEs never imports protocol.cbor or protocol.messages; nor does a
+  durable serial-chain node through its control messages, dead letters and a reboot.
 * RAM held after boot from source, imports included (gc.collect(); gc.mem_alloc()):
   about 78 KB here, where firmware.config is imported and kept; bench/node.py
   measures what a node holds from .mpy files with main()'s boot sequence.
@@ -164,3 +165,86 @@ def test_udp_node_boots_and_runs_without_protocol_cbor(micropython, tmp_path, ba
     assert r["subscribers"] == ["base-a", "lab", "static:127.0.0.1:9"], r
     assert r["rx_bad"] == 1 and r["dropped"] == 0 and r["published"] > 50, r
     assert r["time_base"] is not None, r     # wall_ms of the first vector
+
+
+CHAIN_SCRIPT = r'''
+import sys
+sys.path.insert(0, sys.argv[1])
+from firmware import config
+from firmware.chain import ChainNode
+from protocol.link import encode_hello
+
+
+class Uart:
+    # a line whose far end sends nothing but what the test puts in `rx`
+    def __init__(self):
+        self.rx = b""
+        self.tx = 0
+    def read_into(self, buf):
+        n = min(len(buf), len(self.rx))
+        buf[:n] = self.rx[:n]
+        self.rx = self.rx[n:]
+        return n
+    def any(self): return len(self.rx)
+    def write(self, d):
+        self.tx += len(d)
+        return len(d)
+
+
+class Hal:
+    def __init__(self):
+        self.now = 0
+        self.files = {}
+    def ticks_ms(self): return self.now
+    def ticks_diff(self, a, b): return a - b
+    def wall_ms(self): return None
+    def read_file(self, n): return self.files.get(n)
+    def write_file_atomic(self, n, d): self.files[n] = bytes(d)
+    def append_file(self, n, d): self.files[n] = self.files.get(n, b"") + bytes(d)
+    def remove_file(self, n): self.files.pop(n, None)
+    def free_mem(self): return 100000
+    def mem_alloc(self): return 0
+    def wait_readable(self, t): return False
+    def log(self, m): pass
+
+
+cfg = config.from_dict({"node": 3, "transport": "serial", "durable": True,
+                        "uart": {"up": {"path": "u", "baud": 115200}, "down": {"path": "d", "baud": 115200}},
+                        "sensors": [{"topic": "t", "kind": "counter", "period_ms": 50}],
+                        "status_every_ms": 500})
+hal = Hal()
+up, down = Uart(), Uart()
+node = ChainNode(cfg, hal, up, down)
+node.boot(0)
+for i in range(100):
+    hal.now += 20
+    node.step(hal.now)
+# control messages from the base (through _from_up, as the up link delivers them),
+# dead letters (own and a forwarded event's), their message and file
+from protocol import nodewire
+w = nodewire.EventWriter(9, 1)
+w.event(5, 100, "x", 1)
+ev = bytes(w.view())
+node._from_up(bytes([0x82, 0x08, 0x07]))                       # ENUMERATE 7
+node._dead_forward(ev)
+node.dead.add(3, [(1, 2)])
+node.dead.save()
+m = node.dead.message()
+node.queue_status()
+node2 = ChainNode(cfg, hal, Uart(), Uart())                  # a reboot: the files are read
+node2.boot(hal.now)
+print("loaded", "protocol.cbor" in sys.modules, "protocol.messages" in sys.modules,
+      node.dead.total, len(node2.dead.nodes), node.statuses >= 0, len(m) > 0)
+'''
+
+
+def test_chain_node_runs_without_the_generic_codec(micropython, tmp_path):
+    # a durable chain node that boots, samples, answers ENUMERATE, dead-letters its own
+    # and a forwarded event, persists them and reboots never imports protocol.cbor or
+    # protocol.messages (~50 KB of RAM on a board)
+    script = tmp_path / "chain_mem.py"
+    script.write_text(CHAIN_SCRIPT)
+    proc = subprocess.run([micropython, "-X", "heapsize=512K", str(script), str(ROOT)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.split()[-7:] == ["loaded", "False", "False", "2", "2", "True", "True"], proc.stdout
