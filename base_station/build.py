@@ -24,6 +24,9 @@ against a partition size at build time; `starling flash --romfs` checks it again
 the board's actual partition.
 
 Why .mpy: no compilation on the board (saves RAM and boot time) and smaller files.
+`--no-line-numbers` compiles them without line-number tables (mpy-cross -O3): from
+.mpy files that is 1.4-1.9 KB less RAM for a UDP node and ~4 KB for a chain node on
+32-bit (docs/PERFORMANCE.md), at the price of tracebacks without line numbers.
 Bytecode-only .mpy (no `-march`) has the header b"M\\x06\\x00\\x1f" and loads on any
 MicroPython >= 1.19 (mpy version 6; mpy-cross 1.29 calls it v6.3, but the sub-version
 is only recorded for native code); native code would tie the bundle to one firmware
@@ -456,11 +459,13 @@ def mpy_cross_version(binary: str) -> tuple[str, str]:
     return line, "%s.%s" % (m.group(1), m.group(2))
 
 
-def _compile(binary: str, source_root: Path, rel: Path, out: Path) -> None:
+def _compile(binary: str, source_root: Path, rel: Path, out: Path, line_numbers: bool = True) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     # -s: the name tracebacks show on the board ("firmware/node.py"); no -march:
-    # bytecode only, loadable by any firmware with mpy v6
-    proc = subprocess.run([binary, "-o", str(out), "-s", rel.as_posix(), str(source_root / rel)],
+    # bytecode only, loadable by any firmware with mpy v6; -O3: no line-number table
+    # (the firmware has no assert statements, which -O1 and up would also drop)
+    opt = [] if line_numbers else ["-O3"]
+    proc = subprocess.run([binary, *opt, "-o", str(out), "-s", rel.as_posix(), str(source_root / rel)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise BuildError(rel.as_posix(), "mpy-cross failed:\n%s" % (proc.stderr or proc.stdout).strip(), config=False)
@@ -558,12 +563,14 @@ def _romfs_image(tmp: Path, modules: list[Path], limit: int | None) -> dict[str,
 
 def build_bundle(board: str, config_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                  source_root: str | os.PathLike[str] | None = None, *, romfs: bool = False,
-                 romfs_size: int | None = None) -> BuildReport:
+                 romfs_size: int | None = None, line_numbers: bool = True) -> BuildReport:
     """Build the bundle for `board` from the node.json at `config_path` into `out_dir`.
 
     romfs: also write out_dir/romfs.img (the .mpy modules as a ROMFS image, listed
     under "romfs" in MANIFEST.json, not under "files": plain `starling flash` does
     not copy it); romfs_size: the ROMFS partition's size in bytes, checked.
+    line_numbers False: modules without their line-number tables (mpy-cross -O3):
+    less RAM on the board, tracebacks without line numbers.
 
     The bundle is assembled in a temporary directory beside out_dir and moved into
     place at the end, so a failed build leaves an earlier bundle intact. out_dir must
@@ -590,7 +597,7 @@ def build_bundle(board: str, config_path: str | os.PathLike[str], out_dir: str |
             shutil.copyfile(src / "firmware" / script, tmp / script)
         (tmp / "node.json").write_text(json.dumps(cfg, separators=(",", ":")) + "\n", encoding="utf-8")
         for rel in modules:
-            _compile(binary, src, rel, tmp / rel.with_suffix(".mpy"))
+            _compile(binary, src, rel, tmp / rel.with_suffix(".mpy"), line_numbers)
         paths = sorted(p for p in tmp.rglob("*") if p.is_file())
         files = [BundleFile(p.relative_to(tmp).as_posix(), p.stat().st_size, _sha256(p)) for p in paths]
         report = BuildReport(board, out, files, mpy_version, _starling_version(), warnings)
@@ -604,6 +611,7 @@ def build_bundle(board: str, config_path: str | os.PathLike[str], out_dir: str |
             "mpy_version": mpy_version,
             "mpy_cross": mpy_line,
             "min_micropython": MIN_FIRMWARE,
+            "line_numbers": line_numbers,
             "node": cfg["node"],
             "total_size": report.total_size,
             "files": {f.path: {"sha256": f.sha256, "size": f.size} for f in files},
@@ -651,6 +659,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--romfs-size", type=_size, metavar="BYTES",
                         help="ROMFS partition size (e.g. 131072, 128K): a larger image is an error "
                              "(implies --romfs)")
+    parser.add_argument("--no-line-numbers", action="store_true",
+                        help="compile without line-number tables (mpy-cross -O3): 1.5-4 KB less RAM "
+                             "on a board, but tracebacks show no line numbers")
 
 
 def _size(text: str) -> int:
@@ -669,7 +680,8 @@ def run(args: argparse.Namespace) -> int:
     """Exit status: 0 built, 2 bad config or board, 1 another build failure."""
     try:
         report = build_bundle(args.board, args.config, args.out,
-                              romfs=getattr(args, "romfs", False), romfs_size=getattr(args, "romfs_size", None))
+                              romfs=getattr(args, "romfs", False), romfs_size=getattr(args, "romfs_size", None),
+                              line_numbers=not getattr(args, "no_line_numbers", False))
     except BuildError as e:
         print("starling build: error: %s" % e, file=sys.stderr)
         return 2 if e.config or e.field.startswith("-") else 1

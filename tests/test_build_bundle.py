@@ -141,6 +141,32 @@ def test_cli_prints_count_and_size(tmp_path, capsys):
     assert "%d files, %d bytes" % (len(manifest["files"]), manifest["total_size"]) in last
 
 
+def test_no_line_numbers_makes_smaller_modules_that_run_and_trace_without_lines(
+        bundles, micropython, tmp_path):
+    out = tmp_path / "b"
+    rc = build.main(["--board", "unix", "--config", str(write_config(tmp_path, UDP_UNIX)),
+                     "--out", str(out), "-q", "--no-line-numbers"])
+    assert rc == 0
+    lean = json.loads((out / "MANIFEST.json").read_text())
+    full = json.loads((bundles["unix"] / "MANIFEST.json").read_text())
+    assert lean["line_numbers"] is False and full["line_numbers"] is True
+    mpy = [f for f in full["files"] if f.endswith(".mpy") and full["files"][f]["size"] > 200]
+    assert all(lean["files"][f]["size"] < full["files"][f]["size"] for f in mpy)
+    # the modules run; a traceback names the file but no line (line 1 for every frame)
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from firmware import config\n"
+            "print('node', config.parse(open(%r).read()).node)\n"
+            "config.parse('{\"node\": -1}')\n" % (str(out), str(out / "node.json")))
+    for bundle, lines in ((out, False), (bundles["unix"], True)):
+        code_b = code.replace(str(out), str(bundle))
+        proc = subprocess.run([micropython, "-c", code_b], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=30)
+        assert proc.stdout.startswith("node 7"), proc.stdout + proc.stderr
+        trace = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "firmware/config.py" in ln]
+        assert len(trace) >= 2, proc.stdout + proc.stderr
+        assert any(", line 1," not in ln for ln in trace) is lines, trace
+
+
 def test_cli_bad_config_exit_2(tmp_path, capsys):
     cfg = write_config(tmp_path, dict(UDP_UNIX, node=0))
     rc = build.main(["--board", "unix", "--config", str(cfg), "--out", str(tmp_path / "b")])
