@@ -1,5 +1,6 @@
 # The CBOR a node reads, without protocol/cbor.py: parse_announce(datagram) for a UDP
-# node; parse_control(message) and event_ids(message) for a serial chain node.
+# node; parse_control(message) and event_ids(message) for a serial chain node; and
+# item_end() / byte_chunks(), the walks protocol/link.py needs for indefinite lengths.
 #
 # Theory of operation
 # -------------------
