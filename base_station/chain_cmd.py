@@ -205,7 +205,7 @@ async def _probe(port: str, baud: int, timeout: float, settle: float,
             await asyncio.sleep(0.02)
         if not head.up:
             if not head.counters["opens"]:
-                hint = open_hint(head.last_error)
+                hint = open_hint(head.last_error, head.port)
                 return 1, "cannot open %s: %s%s" % (port, head.last_error,
                                                     " (%s)" % hint if hint else "")
             if head.counters["echoes"]:

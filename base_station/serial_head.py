@@ -63,6 +63,7 @@ from another thread wakes it at once (pyserial's cancel_read).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -105,10 +106,14 @@ def parse_port(text: str) -> tuple[str, int]:
     return port, baud
 
 
-def open_hint(error: str | None) -> str:
-    """What to do about a port that would not open, from pyserial's message ("" if
-    nothing useful can be said)."""
+def open_hint(error: str | None, port: str | None = None) -> str:
+    """What to do about a port that would not open, from pyserial's message and the
+    port's path ("" if nothing useful can be said)."""
     e = error or ""
+    if port and os.path.islink(port) and not os.path.exists(port):
+        return ("%s is a symlink to %s, which does not exist: whatever made the link (a "
+                "simulator, `python -m sim.wire`) is not running; starting it again "
+                "replaces the link" % (port, os.readlink(port)))
     if "exclusively lock" in e or "Errno 16" in e:
         return ("the port is busy: another program holds it (a running `starling listen "
                 "--serial` or `starling chain`, a serial monitor, mpremote); stop it first")
@@ -312,7 +317,7 @@ class SerialHead:
         except (serial.SerialException, OSError, ValueError) as e:
             self.counters["open_errors"] += 1
             self.last_error = str(e)
-            hint = open_hint(self.last_error)
+            hint = open_hint(self.last_error, self.port)
             self._log(logging.WARNING, "open", "%s: cannot open (%s)%s; retrying every %g s",
                       self.port, e, ": " + hint if hint else "", self.reopen_interval)
             return False

@@ -70,6 +70,17 @@ def test_parse_port():
             parse_port(bad)
 
 
+def test_open_hint_names_a_dangling_symlink(tmp_path):
+    from base_station.serial_head import open_hint
+    link = tmp_path / "head"
+    link.symlink_to("/dev/pts/9999")                 # left by a simulator that was killed
+    err = "[Errno 2] could not open port %s: [Errno 2] No such file or directory" % link
+    hint = open_hint(err, str(link))
+    assert "symlink to /dev/pts/9999, which does not exist" in hint and "replaces the link" in hint
+    assert open_hint(err, str(tmp_path / "missing")).startswith("no such port")
+    assert open_hint("[Errno 16] Device or resource busy", str(link)).startswith("%s is a symlink" % link)
+
+
 def test_listen_serial_options_and_defaults():
     from base_station.cli import build_station
     args = make_parser().parse_args(["listen", "--serial", "loop://@9600", "--serial", "/dev/x",
