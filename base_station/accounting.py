@@ -274,6 +274,47 @@ def _overlap(a: int, b: int, c: int, d: int) -> int:
     return hi - lo if hi > lo else 0
 
 
+class Latency:
+    """How long a node's readings took to reach us, in ms: our arrival time minus the
+    node's timestamp of the newest reading in each accepted EVENT or BATCH (a BATCH's
+    older readings also waited on the node, by design). Only for epochs whose STATUS
+    gave a time base; the node's clock then follows ours (ANNOUNCE) or NTP, so the
+    figure includes that clock's error. Percentiles over the last SIZE messages; the
+    count and the maximum over all. BaseStation._reading inlines add()."""
+
+    SIZE = 64             # a power of two: the ring index is n & MASK
+    MASK = SIZE - 1
+
+    __slots__ = ("ring", "n", "max", "_cache", "_cache_n")
+
+    def __init__(self) -> None:
+        self.ring = [0.0] * self.SIZE
+        self.n = 0
+        self.max = float("-inf")
+        self._cache: dict | None = None
+        self._cache_n = -1
+
+    def add(self, ms: float) -> None:
+        i = self.n
+        self.ring[i & self.MASK] = ms
+        self.n = i + 1
+        if ms > self.max:
+            self.max = ms
+
+    def summary(self) -> dict | None:
+        """{"n", "p50", "p95", "max_recent", "max"} in ms (one decimal), or None."""
+        if not self.n:
+            return None
+        if self._cache_n != self.n:
+            k = min(self.n, self.SIZE)
+            s = sorted(self.ring[:k])
+            self._cache = {"n": self.n, "p50": round(s[k // 2], 1),
+                           "p95": round(s[min(k - 1, (k * 95) // 100)], 1),
+                           "max_recent": round(s[-1], 1), "max": round(self.max, 1)}
+            self._cache_n = self.n
+        return self._cache
+
+
 _TOTAL_KEYS = ("received", "lost", "skipped", "duplicates", "out_of_order", "too_late")
 
 
@@ -295,6 +336,7 @@ class NodeAccount:
         self.source: Any = None               # where the last message came from
         self.last: dict[str, Any] = {}        # topic -> newest in-order value
         self.status: Any = None               # last STATUS
+        self.latency = Latency()
         self._rate_sec = 0
         self._rate = [0] * RATE_WINDOW
         self._first_mono: float | None = None

@@ -628,6 +628,14 @@ class BaseStation:
         acct.count_rate(1, arrival)
         self.counters["readings"] += 1
         tb = s.time_base
+        if tb is not None:        # Latency.add(), inlined: the single-event hot path
+            lat = acct.latency
+            ms = arrival * 1000.0 - tb - t
+            i = lat.n
+            lat.ring[i & 63] = ms
+            lat.n = i + 1
+            if ms > lat.max:
+                lat.max = ms
         for sink in self.sinks:
             try:
                 sink.write_event(node, epoch, seq, t, topic, value, tb, arrival)
@@ -657,6 +665,8 @@ class BaseStation:
         n = len(ts)
         seq0 = b.seq0
         got = s.add(seq0, n, b.skip)
+        if got and s.time_base is not None:           # something new in it
+            acct.latency.add(arrival * 1000.0 - s.time_base - ts[-1])
         if got is ALL:
             if s.next == seq0 + n:
                 last = acct.last
@@ -734,6 +744,7 @@ class BaseStation:
             "last_seen": acct.last_seen,
             "source": _fmt_src(acct.source),
             "last": dict(acct.last),
+            "latency_ms": acct.latency.summary(),
         })
         if st is not None:
             from protocol.codes import COUNTER_NAMES

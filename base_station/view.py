@@ -53,14 +53,16 @@ def _ago(t: float | None, now: float) -> str:
 
 def node_table(summary: dict, title: str | None = None) -> Table:
     """The per-node table: id, epoch, received, lost, loss %, skipped, duplicates, out of
-    order, reboots, rate, last values, last seen; the caption carries the station-wide
+    order, reboots, rate, latency (p50/p95 ms of the recent messages, from the node's
+    timestamp to arrival: needs the node's time base), last seen, last values; the caption carries the station-wide
     counters. On a narrow terminal only the last-values column gives way."""
     now = time.time()
     table = Table(title=title, expand=False, pad_edge=False, collapse_padding=True)
     # the hop column only when a chain is in the picture (heads, or a STATUS with a hop)
     hops = "serial" in summary or any(node_hop(n) is not None for n in summary["nodes"].values())
     cols = ("node", "hop") if hops else ("node",)
-    for col in cols + ("epoch", "recv", "lost", "loss%", "skip", "dup", "ooo", "boots", "rate/s"):
+    for col in cols + ("epoch", "recv", "lost", "loss%", "skip", "dup", "ooo", "boots", "rate/s",
+                       "lat ms"):
         table.add_column(col, justify="right", no_wrap=True, min_width=len(col))
     table.add_column("seen", justify="right", no_wrap=True, min_width=4)
     # the only column that gives way on a narrow terminal (and the last one)
@@ -71,10 +73,20 @@ def node_table(summary: dict, title: str | None = None) -> Table:
         first = (node, _dash(node_hop(n))) if hops else (node,)
         table.add_row(*first, str(n["epoch"]), str(n["received"]), str(n["lost"]), "%.2f" % pct,
                       str(n["skipped"]), str(n["duplicates"]), str(n["out_of_order"]),
-                      str(n["reboots"]), "%.1f" % n["rate"], _ago(n["last_seen"], now),
+                      str(n["reboots"]), "%.1f" % n["rate"], latency_cell(n), _ago(n["last_seen"], now),
                       Text(last_values(n["last"])), style=style)   # readings: no markup
     table.caption = station_line(summary)
     return table
+
+
+def _ms(v: float) -> str:
+    return "%.0f" % v if abs(v) >= 10 else "%.1f" % v
+
+
+def latency_cell(n: dict) -> str:
+    """p50/p95 of the node's recent delivery latency in ms ("-": no time base yet)."""
+    lat = n.get("latency_ms")
+    return "-" if not lat else "%s/%s" % (_ms(lat["p50"]), _ms(lat["p95"]))
 
 
 def station_line(s: dict) -> str:

@@ -51,3 +51,27 @@ def test_station_accounting_equals_what_the_relay_did(reader_process):
         dropped += s["dropped_by_sim"]
     assert dropped > 0 and sum(b["out_of_order"] for b in base["nodes"].values()) > 0
     assert base["malformed"] == 0 and base["kernel_drops"] == 0
+
+
+def test_station_latency_includes_the_relay_delay():
+    # the nodes take their time base from the host clock (the simulator's default), so
+    # the base's latency of every message is at least what the relay held it back
+    async def go():
+        st = BaseStation(udp=[("127.0.0.1", 0)], announce=False)
+        await st.start()
+        try:
+            fleet = Fleet(2, runtime="micropython", bases=[st.addresses[0]], rate=20,
+                          delay_ms=60, seed=3, status_every_ms=300)
+            await fleet.start()
+            await asyncio.sleep(2.0)
+            await fleet.stop()
+            await asyncio.sleep(0.3)
+            return st.summary()
+        finally:
+            await st.stop()
+
+    base = asyncio.run(asyncio.wait_for(go(), 60))
+    for nid, b in base["nodes"].items():
+        lat = b["latency_ms"]
+        assert lat is not None and lat["n"] >= 10, (nid, b)
+        assert lat["p50"] >= 57 and min(lat["p50"], lat["p95"], lat["max"]) >= 57, (nid, lat)

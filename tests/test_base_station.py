@@ -306,6 +306,45 @@ def test_accounting_through_station_status_trailing_loss_and_time():
     assert st.summary()["nodes"]["4"]["lost"] == 6
 
 
+def test_latency_from_the_node_timestamp_to_arrival():
+    # arrival (the station's clock) minus the node's time of the newest reading in each
+    # new EVENT or BATCH, once a STATUS gave the epoch's time base
+    tb = 1_700_000_000_000
+    now = [0.0]
+    st = BaseStation(udp=[], announce=False, clock=lambda: now[0])
+    node = TestNode(5, time_base=tb)
+    now[0] = (tb + 1000) / 1000
+    st.ingest(node.event("t", 1, t=990))                      # no STATUS yet: no time base
+    assert st.summary()["nodes"]["5"]["latency_ms"] is None
+    st.ingest(node.status())
+    for k, delay in enumerate((12, 30, 18, 25, 40)):
+        t = 2000 + 100 * k
+        now[0] = (tb + t + delay) / 1000
+        st.ingest(node.event("t", k, t=t))
+    now[0] = (tb + 5000 + 7) / 1000
+    st.ingest(node.event("t", 9, seq=3, t=5000))               # a duplicate: not a sample
+    lat = st.summary()["nodes"]["5"]["latency_ms"]
+    assert (lat["n"], lat["p50"], lat["max"], lat["max_recent"]) == (5, 25.0, 40.0, 40.0)
+    now[0] = (tb + 3000 + 1500) / 1000                       # BATCH: its newest reading
+    node.t = 2900
+    st.ingest(node.batch([("t", 1), ("t", 2), ("t", 3)]))   # t 2910, 2920, 2930
+    lat = st.summary()["nodes"]["5"]["latency_ms"]
+    assert lat["n"] == 6 and lat["max"] == 4500 - 2930
+    assert st.summary()["nodes"]["5"]["received"] == 9
+
+
+def test_latency_keeps_the_last_64_and_the_maximum_of_all():
+    from base_station.accounting import Latency
+    assert Latency.MASK == 63        # BaseStation._reading inlines add() with this mask
+    lat = Latency()
+    for i in range(200):
+        lat.add(float(i if i != 7 else 1000))
+    s = lat.summary()
+    assert s["n"] == 200 and s["max"] == 1000.0 and s["max_recent"] == 199.0
+    assert s["p50"] == 168.0 and s["p95"] == 196.0       # over 136..199
+    assert lat.summary() is s                               # cached until the next sample
+
+
 def test_kernel_drops_counted_exactly():
     async def main():
         st = station(rcvbuf=4096)

@@ -147,6 +147,18 @@ def test_udp_only_view_has_no_hop_column_nor_serial_lines():
     assert len(view.plain_lines(summary)) == 1
 
 
+def test_latency_column_shows_p50_and_p95_or_a_dash():
+    node = {"epoch": 1, "received": 3, "lost": 0, "skipped": 0, "duplicates": 0,
+            "out_of_order": 0, "reboots": 0, "rate": 1.0, "last_seen": None, "last": {},
+            "latency_ms": {"n": 40, "p50": 4.25, "p95": 31.0, "max_recent": 40.2, "max": 90.0}}
+    summary = {"nodes": {"7": node, "8": dict(node, latency_ms=None)},
+               "datagrams": 6, "readings": 6, "malformed": 0, "rejected": 0, "unknown_kind": 0,
+               "kernel_drops": 0, "uptime": 1.0}
+    rows = rendered_rows(view.live_view(summary))
+    col = rows[0].index("lat ms")
+    assert rows[1][col] == "4.2/31" and rows[2][col] == "-"
+
+
 def test_listen_serial_plain_prints_link_and_hop(tmp_path):
     with VirtualWire(BAUD, seed=8) as wire, \
             ChainTestNode(21, wire.b_path, epoch=2, status_every=0.3) as node:
