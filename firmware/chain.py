@@ -81,8 +81,8 @@ from protocol.framing import FrameDecoder, encode_frame_into, max_encoded_len
 from protocol.link import Link, LinkError, DATA_OVERHEAD
 # firmware.node is loaded already on a node (its main() starts the chain): no RAM cost
 from firmware.node import NodeCore, new_epoch, save_epoch, write_counters
-from firmware.outbox import (Queue, Log, DeadLetters, pdiff, Q_OWN, Q_FWD, Q_STATUS, Q_DEAD,
-                             KIND_OWN, KIND_FWD)
+from firmware.outbox import (Queue, Log, DeadLetters, pdiff, read_report, Q_OWN, Q_FWD,
+                             Q_STATUS, Q_DEAD, KIND_OWN, KIND_FWD)
 
 try:
     from micropython import const
@@ -121,10 +121,11 @@ def link_kwargs(window=8, max_payload=256, baud=115200, rto_ms=1000, keepalive_m
     # once (no coalescing); max_payload still bounds one message (a STATUS must fit).
     # Otherwise the link's own queue is kept at 2 x max_payload bytes so that the node's
     # fair scheduler, not the link's FIFO, decides what goes next.
-    # Tail-loss probe (probe_ms): a lone frame (light traffic) whose frame or ACK was lost
-    # is sent again after 2 x SRTT + one full frame's line time + 5 ms instead of after
-    # the timeout above (>= 100 ms; 244 ms at 115200 Bd): at 921600 Bd about 10 ms; and
-    # a retransmission the whole window waits for, after SRTT + that (link.py).
+    # Probes (probe_ms = one full frame's line time + 5 ms): when the window is stalled
+    # with no loss known (a frame or its ACK lost, nothing new to send), the oldest frame
+    # is sent again after 2 x SRTT + probe_ms (sent once: tail-loss probe), SRTT +
+    # probe_ms (retransmitted) or min RTT + probe_ms (after a probe) instead of after
+    # the timeout above (>= 100 ms; 244 ms at 115200 Bd): protocol/link.py.
     fb = frame_bytes if frame_bytes and frame_bytes < max_payload else max_payload
     frame_ms = (fb + 24) * 10000 // baud
     drain = window * (fb + 24) * 10000 // baud
@@ -497,14 +498,19 @@ class ChainNode(NodeCore):
         return 0
 
     def _dead_forward(self, data):
-        # a lower node's message died on our up link: dead-letter its events in its name
+        # a lower node's message died on our up link: dead-letter its events in its name;
+        # a lower node's DEADLETTER report is carried again (its events stay counted by
+        # that node, not by us)
         try:
             ids = event_ids(data)
+            report = read_report(data) if ids is None else None
         except Exception:
             return
         if ids is not None:
             node, epoch, seq0, count = ids
             self.dead.add(node, [(epoch, seq0 + i) for i in range(count)])
+        elif report is not None:
+            self.dead.add(report[0], report[2], report[1])
 
     # --- upstream input: control for us and the nodes below ------------------------------
     def _from_up(self, data):

@@ -609,47 +609,82 @@ def _write_dead(nodes):
     return bytes(out)
 
 
+def _head(raw, st, mt):
+    # the argument of the definite CBOR head of major type mt (its bits, e.g. 0x80) at
+    # raw[st[0]], moving st[0] past it; ValueError for anything else
+    p = st[0]
+    if p >= len(raw) or raw[p] >> 5 != mt >> 5:
+        raise ValueError("unexpected byte at %d" % p)
+    ai = raw[p] & 31
+    p += 1
+    if ai < 24:
+        st[0] = p
+        return ai
+    if ai > 27:
+        raise ValueError("bad head at %d" % (p - 1))
+    k = 1 << (ai - 24)
+    if p + k > len(raw):
+        raise ValueError("truncated")
+    n = 0
+    for i in range(k):
+        n = (n << 8) | raw[p + i]
+    st[0] = p + k
+    return n
+
+
+def _read_ids(raw, st, ids, room):
+    # an array of [epoch, seq] pairs into ids (at most `room` of them); returns how many
+    # were left out
+    left = 0
+    for _ in range(_head(raw, st, 0x80)):
+        if _head(raw, st, 0x80) != 2:
+            raise ValueError("bad id")
+        pair = (_head(raw, st, 0), _head(raw, st, 0))
+        if len(ids) < room:
+            ids.append(pair)
+        else:
+            left += 1
+    return left
+
+
 def _read_dead(raw, max_nodes, max_ids):
     # -> the DeadLetters.nodes list; ValueError for anything but the layout above
     st = [0]
-
-    def head(mt):
-        p = st[0]
-        if p >= len(raw) or raw[p] >> 5 != mt >> 5:
-            raise ValueError("dead-letter file: unexpected byte at %d" % p)
-        ai = raw[p] & 31
-        p += 1
-        if ai < 24:
-            st[0] = p
-            return ai
-        if ai > 27:
-            raise ValueError("dead-letter file: bad head at %d" % (p - 1))
-        k = 1 << (ai - 24)
-        if p + k > len(raw):
-            raise ValueError("dead-letter file: truncated")
-        n = 0
-        for i in range(k):
-            n = (n << 8) | raw[p + i]
-        st[0] = p + k
-        return n
-
     nodes = []
     held = 0
-    for _ in range(head(0x80)):
-        if head(0x80) != 3 or len(nodes) >= max_nodes:
-            raise ValueError("dead-letter file: bad entry")
-        node = head(0)
-        count = head(0)
-        ids = []
-        for _ in range(head(0x80)):
-            if head(0x80) != 2 or held >= max_ids:
-                raise ValueError("dead-letter file: bad id")
-            ids.append((head(0), head(0)))
-            held += 1
-        nodes.append([node, count, ids])
-    if st[0] != len(raw):
-        raise ValueError("dead-letter file: trailing bytes")
+    try:
+        for _ in range(_head(raw, st, 0x80)):
+            if _head(raw, st, 0x80) != 3 or len(nodes) >= max_nodes:
+                raise ValueError("bad entry")
+            node = _head(raw, st, 0)
+            count = _head(raw, st, 0)
+            ids = []
+            if _read_ids(raw, st, ids, max_ids - held):
+                raise ValueError("more than %d ids" % max_ids)
+            held += len(ids)
+            nodes.append([node, count, ids])
+        if st[0] != len(raw):
+            raise ValueError("trailing bytes")
+    except ValueError as e:
+        raise ValueError("dead-letter file: %s" % e)
     return nodes
+
+
+_DEADLETTER_HEAD = const(9)     # protocol/codes.py KIND_DEADLETTER, version 1
+
+
+def read_report(data):
+    # A DEADLETTER message as nodewire.deadletter() writes it -> (node, count, ids);
+    # None for another kind; ValueError for one in another encoding
+    if len(data) < 2 or data[0] != 0x84 or data[1] != _DEADLETTER_HEAD:
+        return None
+    st = [2]
+    node = _head(data, st, 0)
+    count = _head(data, st, 0)
+    ids = []
+    if _read_ids(data, st, ids, 64) or st[0] != len(data):
+        raise ValueError("DEADLETTER: not as nodewire writes it")
+    return node, count, ids
 
 
 class DeadLetters:
@@ -701,9 +736,15 @@ class DeadLetters:
             n += len(e[2])
         return n
 
-    def add(self, node, ids):
-        # ids: list of (epoch, seq) of one node's dead events
-        self.total += len(ids)
+    def add(self, node, ids, count=None):
+        # ids: list of (epoch, seq) of one node's dead events. count: a DEADLETTER report
+        # carried again (a lower node's, which died on our up link): it accounts for
+        # `count` events, its ids and those not remembered, counted by that node already
+        n = len(ids)
+        if count is None:
+            self.total += n
+        else:
+            n = count
         entry = None
         for e in self.nodes:
             if e[0] == node:
@@ -711,11 +752,11 @@ class DeadLetters:
                 break
         if entry is None:
             if len(self.nodes) >= self.MAX_NODES:
-                self.lost_ids += len(ids)
+                self.lost_ids += n
                 return
             entry = [node, 0, []]
             self.nodes.append(entry)
-        entry[1] += len(ids)
+        entry[1] += n
         held = self._ids_held()
         for pair in ids:
             if held < self.MAX_IDS:

@@ -70,15 +70,22 @@
 #     and the timer backs off (x2, up to rto_max_ms). RTO = SRTT + 4 RTTVAR clamped to
 #     [rto_min_ms, rto_max_ms], from frames sent once only (Karn); a sample clears the
 #     backoff. Initial RTO rto_ms (1 s: a window of full frames at 115200 bd is ~0.7 s).
-#   - Tail-loss probe (probe_ms > 0, RFC 8985 section 7): a lone unacknowledged frame
-#     (sent once, nothing new to send) with no ACK for 2 SRTT + probe_ms is sent once more,
-#     so a lost frame or ACK on a quiet line costs about two round trips, not the RTO.
-#   - Stalled-window probe (probe_ms > 0): when the oldest unacknowledged frame was
-#     retransmitted, every later one is SACKed (or none is left) and nothing new can be
-#     sent, no ACK can reveal another loss of it; with no ACK for SRTT + probe_ms after
-#     its last transmission it is sent again (charged to its retry budget like any
-#     retransmission). On a line losing ~40 % of its frames this took the busy share of
-#     the line from ~40 % to ~66 % (bench/chain.py model, docs/PERFORMANCE.md).
+#   - Probe (probe_ms > 0, RFC 8985 section 7): when frames are outstanding, none is known
+#     lost and nothing new can be sent, no ACK to come can reveal a loss (RACK needs a
+#     later transmission to be reported), so the line would stay idle until the timer.
+#     The oldest frame is sent again once no ACK came for a probe timeout (PTO) after the
+#     latest DATA transmission: 2 SRTT + probe_ms while it was sent once (tail-loss probe,
+#     not charged to the retry budget), SRTT + probe_ms once it was retransmitted (stalled
+#     window, charged like any retransmission), and min RTT + probe_ms when that latest
+#     transmission was itself a probe: a probe leaves on a line that had gone quiet, so
+#     its ACK is due within an unqueued round trip, while SRTT also counts the time
+#     frames wait in the UART behind a window's worth. Never sooner than min RTT +
+#     probe_ms after the latest ACK: ACKs still arriving mean the line is still carrying
+#     queued frames. The timer restarts at a probe. In the bench/chain.py model of a line
+#     losing about half of its 40-byte frames (115200 Bd, 4 hops, BER 1e-4 and 1 % of
+#     bytes dropped) the line was idle 44 % of the time when only a lone frame or a
+#     retransmission that was the latest transmission was probed (other stalls waited
+#     for the timer), 22 % with these rules.
 #   - Retry budget: a retransmission counts against a frame's max_retries only if the peer
 #     was heard from since the frame's previous transmission (so a cut cable burns no
 #     budget). A frame over budget is dead: its tickets go to poll_dead(), and the link
@@ -461,12 +468,13 @@ class Link:
         max_queue, max_queue_bytes: bounds of the send queue (messages, bytes).
         max_retries: retransmissions charged to a frame before it is declared dead.
         coalesce: hold a part-filled frame while frames are unacknowledged (Nagle).
-        probe_ms: tail-loss probe (0: off). With exactly one DATA frame unacknowledged,
-            sent once and nothing new to send, retransmit it once after 2 x SRTT +
-            probe_ms without an ACK (RFC 8985 section 7), instead of waiting for the
-            retransmission timeout; and a retransmitted oldest frame the whole window
-            waits for, after SRTT + probe_ms (stalled-window probe). Set it to at least
-            one full frame's line time.
+        probe_ms: probes (0: off). When frames are outstanding, none is known lost and
+            nothing new can be sent, the oldest is sent again after 2 x SRTT + probe_ms
+            (sent once: tail-loss probe, RFC 8985 section 7) or SRTT + probe_ms
+            (retransmitted: stalled window) without an ACK since the latest DATA
+            transmission, min RTT + probe_ms after a probe, and never sooner than min
+            RTT + probe_ms after the latest ACK, instead of waiting for the
+            retransmission timeout. Set it to at least one full frame's line time.
         session: this side's first session id (1..2**32-1); default random.
         rng: a function returning a random 32-bit int, for later session ids.
     Raises LinkError for out-of-range arguments.
@@ -525,6 +533,9 @@ class Link:
         self._snd_nxt = 0
         self._peer_wnd = 1          # credit until the peer's first ACK
         self._txn = 0
+        self._tx_at = 0             # time of the latest DATA transmission
+        self._probed = False        # ... and it was a probe
+        self._ack_at = None         # time of the latest ACK while frames are outstanding
         self._rack_txn = 0
         self._lost_n = 0
         self._rto_at = None
@@ -820,6 +831,8 @@ class Link:
         self._lost_n = 0
         self._rto_at = None
         self._backoff = 0
+        self._probed = False
+        self._ack_at = None
         self._rcv_nxt = isn(self.peer_session, self.session)
         ring = self._ring
         for i in range(len(ring)):
@@ -880,6 +893,7 @@ class Link:
             self._alive = True
             self._hello_at = None
             self._rto_at = None  # restarted by the retransmission below
+            self._ack_at = None  # from before the outage: says nothing about the line now
             out = self._out
             for f in out:
                 f.timed = False  # an ACK across the outage says nothing about the RTT
@@ -988,6 +1002,7 @@ class Link:
             self.ignored += 1  # acknowledges frames we never sent: stale
             return
         self._peer_wnd = window
+        self._ack_at = now if out else None  # (never older than the flight: _diff() range)
         sample = None
         rack = self._rack_txn
         min_rtt = self._min_rtt
@@ -1010,7 +1025,11 @@ class Link:
                 if f.txn > rack and (f.tx == 1 or _diff(now, f.sent) >= min_rtt):
                     rack = f.txn
             del out[:d]
-            self._rto_at = _later(now, self._rto_now()) if out else None
+            if out:
+                self._rto_at = _later(now, self._rto_now())
+            else:
+                self._rto_at = None
+                self._ack_at = None
         if sack and len(out) > 1:
             for j in range(1, len(out)):
                 if (sack >> (j - 1)) & 1:
@@ -1046,33 +1065,49 @@ class Link:
         return not (self.coalesce and n and self._q_bytes <= self.max_payload)
 
     def _probe_at(self):
-        # When a probe of the oldest unacknowledged frame is due, or None. It must be
-        # the latest DATA transmission of all (then no ACK to come can reveal its loss:
-        # RACK has nothing newer to go by), not SACKed, with nothing
-        # new to send (a new frame would reveal a loss by itself), an RTT known, and the
-        # probe earlier than the retransmission timer. Two cases:
-        #   - tail-loss probe: a lone frame sent once, after 2 SRTT + probe_ms;
-        #   - stalled window: a retransmitted frame all later ones wait for (SACKed), after
-        #     SRTT + probe_ms: the line is idle, and on a line that loses many frames the
-        #     timer alone left it idle for most of the time (docs/PERFORMANCE.md).
+        # When a probe of the oldest unacknowledged frame is due, or None. Only when no
+        # ACK to come can reveal a loss: frames are outstanding, none is known lost (RACK
+        # marks a frame lost only when a later transmission is reported received), none
+        # new can be sent (a new frame would reveal a loss by itself); and with an RTT
+        # known. Due a PTO after the latest DATA transmission, whichever frame that was:
+        #   - the oldest frame was sent once: tail-loss probe, 2 SRTT + probe_ms;
+        #   - it was retransmitted (a stalled window): SRTT + probe_ms;
+        #   - the latest transmission was a probe: min RTT + probe_ms. The probe went out
+        #     on a line quiet for a PTO, so its ACK is due within an unqueued round trip;
+        #     SRTT also counts frames waiting in the UART behind others of a window.
+        # Never sooner than min RTT + probe_ms after the latest ACK: while ACKs still come
+        # the line is still delivering queued frames. Skipped when the PTO is not shorter
+        # than the RTO (the retransmission timer then comes first anyway).
         out = self._out
-        if not self.probe_ms or not self._srtt8 or not out:
+        if not self.probe_ms or not self._srtt8 or not out or self._lost_n:
             return None
         f = out[0]
-        if f.txn != self._txn or f.sacked or f.lost or self._can_send_new():
+        if f.sacked or self._can_send_new():
             return None
-        pto = ((self._srtt8 >> 3) << (1 if f.tx == 1 else 0)) + self.probe_ms
+        if f.tx == 1:
+            pto = (self._srtt8 >> 3) << 1
+        elif self._probed:
+            pto = self._min_rtt
+        else:
+            pto = self._srtt8 >> 3
+        pto += self.probe_ms
         if pto >= self._rto_now():
             return None
-        return _later(f.sent, pto)
+        at = _later(self._tx_at, pto)
+        ack = self._ack_at
+        if ack is not None:
+            ack = _later(ack, self._min_rtt + self.probe_ms)
+            if _diff(ack, at) > 0:
+                return ack
+        return at
 
     def _send_data(self, now, data):
         out = self._out
         p = self._probe_at()
         if p is not None and _diff(now, p) >= 0:
-            # probe: the frame or its ACK was probably lost. A tail-loss probe is not
-            # charged to the retry budget, a stalled retransmission's probe is (when the
-            # peer was heard from since); the retransmission timer restarts from now
+            # probe: a frame or an ACK was probably lost. A tail-loss probe is not charged
+            # to the retry budget, a probe of a retransmitted frame is (when the peer was
+            # heard from since); the retransmission timer restarts from now
             f = out[0]
             if f.tx > 1 and _diff(self._last_rx, f.sent) >= 0:
                 f.retries += 1
@@ -1084,6 +1119,7 @@ class Link:
             self.retransmissions += 1
             self._rto_at = _later(now, self._rto_now())
             self._transmit(f, now, data)
+            self._probed = True
         # retransmission timer: the oldest unacknowledged frame is lost
         if self._rto_at is not None and out and _diff(now, self._rto_at) >= 0:
             if self._backoff < _MAX_BACKOFF:
@@ -1117,6 +1153,8 @@ class Link:
         f.tx += 1
         f.timed = f.tx == 1
         f.sent = now
+        self._tx_at = now
+        self._probed = False
         if self._rto_at is None:
             self._rto_at = _later(now, self._rto_now())
         data.append(f.buf)

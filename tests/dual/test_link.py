@@ -744,6 +744,103 @@ def test_stalled_window_probe_resends_a_lost_retransmission_before_the_timeout()
     assert took[0] >= 2000 and took[20] < 300, took
 
 
+def _window_lost(probe, lost, n, warm=1):
+    # A link pair with probe_ms = probe: `warm` frames sent at once give RTT samples (the
+    # later ones waited on the line behind the others: SRTT above the smallest RTT), then
+    # n frames are sent at once (one event each) while the DATA transmissions numbered in
+    # `lost` (from 1, counted from the first of the n frames) are dropped. Returns the
+    # sender, the ms the transfer took, the SRTT and the send times (ms) of its DATA
+    # transmissions.
+    a, b = make_pair(rto_ms=1000, rto_min_ms=1000, probe_ms=probe, max_payload=30,
+                     coalesce=False)
+    k = [-1]
+
+    def drop(p):
+        if p[1] == 6 and k[0] >= 0:
+            k[0] += 1
+            return k[0] in lost
+        return False
+
+    sim = Sim(a, b, drop=drop)
+    sim.wires[0].log_frames = True
+    assert sim.run_until(lambda s: a.up and b.up, 5000)
+    assert sim.transfer([event(100 + i) for i in range(warm)])
+    srtt = a.stats()["rtt_ms"]
+    assert srtt is not None
+    sim.sides = [Side(), Side()]
+    start = sim.t
+    k[0] = 0
+    msgs = [event(10 + i) for i in range(n)]
+    assert sim.transfer(msgs)
+    assert sim.sides[1].received == msgs
+    times = [t // 1000 for t, p in sim.wires[0].log if p[1] == 6 and t >= start]
+    return a, (sim.t - start) // 1000, srtt, times
+
+
+def test_tail_loss_probe_when_the_last_frames_of_a_window_are_lost():
+    # three frames sent at once, the last two lost: the ACK of the first reveals nothing
+    # (nothing later was reported), and the oldest outstanding frame is not the latest
+    # transmission. It is probed 2 x SRTT + probe_ms after that latest transmission;
+    # the probe's ACK then reveals the third loss (RACK). Without probes: the timeout.
+    took = {}
+    for probe in (0, 20):
+        a, took[probe], srtt, times = _window_lost(probe, (2, 3), 3)
+        assert a.dead == 0
+        if probe:
+            # (a second probe when the first one's ACK comes sooner than the smallest RTT
+            # seen, which RACK takes for the ACK of the first transmission)
+            assert 1 <= a.probes <= 2
+            assert times[3] - times[2] <= 2 * srtt + probe + 1, (times, srtt)
+        else:
+            assert a.retransmissions == 2
+    assert took[0] >= 1000 and took[20] < 200, took
+
+
+def test_stalled_window_probe_when_the_oldest_frame_is_not_the_latest_transmission():
+    # four frames at once; the 1st and 3rd are lost, the SACKs of the 2nd and the 4th have
+    # them retransmitted (RACK), and both retransmissions are lost: the window waits for
+    # the oldest frame, whose retransmission is not the latest DATA transmission (the 3rd
+    # frame's is). It is probed SRTT + probe_ms after that one; the first probe is lost
+    # too, the second follows min RTT + probe_ms after it (a probe travels alone on a
+    # quiet line, SRTT here also counts frames that waited behind others). Without
+    # probes: the timeout.
+    took = {}
+    for probe in (0, 20):
+        # DATA transmissions: 1-4 the frames, 5-6 the retransmissions of the 1st and
+        # 3rd, 7 the first probe
+        a, took[probe], srtt, times = _window_lost(probe, (1, 3, 5, 6, 7), 4, warm=8)
+        assert a.dead == 0
+        if probe:
+            # (a third probe when one's ACK comes sooner than the smallest RTT seen, which
+            # RACK takes for the ACK of an earlier transmission)
+            assert 2 <= a.probes <= 3 and a.retransmissions == 5
+            min_rtt = a._min_rtt
+            assert min_rtt + 5 < srtt, (min_rtt, srtt)
+            assert times[6] - times[5] <= srtt + probe + 1, (times, srtt)
+            assert times[7] - times[6] <= min_rtt + probe + 1, (times, min_rtt)
+    assert took[0] >= 1000 and took[20] < 200, took
+
+
+def test_probe_waits_while_acks_still_arrive():
+    # a window of frames queued on a slow line (9600 Bd, ~190 ms each): their ACKs keep
+    # arriving one frame time apart, long after 2 x SRTT (learned from a short frame) +
+    # probe_ms (one full frame's line time) since the latest transmission. No probe is
+    # sent while they come, not even when one frame is left: every frame crosses once.
+    a, b = make_pair(rto_ms=4000, rto_min_ms=4000, rto_max_ms=8000, probe_ms=220,
+                     max_payload=200, coalesce=False, dead_after_ms=10000)
+    sim = Sim(a, b, baud=9600)
+    assert sim.run_until(lambda s: a.up and b.up, 5000)
+    assert sim.transfer([event(1)])
+    srtt = a.stats()["rtt_ms"]
+    sim.sides = [Side(), Side()]
+    start = sim.t
+    msgs = [event(10 + i, 150) for i in range(8)]
+    assert sim.transfer(msgs)
+    assert sim.sides[1].received == msgs
+    assert (sim.t - start) // 1000 > 2 * srtt + 220 + 1000, (sim.t - start, srtt)
+    assert a.probes == 0 and a.retransmissions == 0 and b.duplicates == 0
+
+
 def test_fast_retransmit_from_sack():
     # one DATA frame lost in the middle of a window: recovered from the SACK long before
     # the retransmission timeout

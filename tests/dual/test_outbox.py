@@ -376,3 +376,29 @@ def test_dead_letter_file_is_the_cbor_of_the_list_and_a_damaged_one_is_forgotten
         d3.load()
         assert d3.nodes == [], bad
     assert sum(1 for line in fl.logs if "dead-letter file unreadable" in line) == 7
+
+
+def test_a_lower_nodes_dead_letter_report_is_carried_again_without_counting_it_twice():
+    from protocol import nodewire
+    from firmware.outbox import read_report
+    data = nodewire.deadletter(12, 70, [(1, s) for s in range(60)])
+    assert read_report(data) == (12, 70, [(1, s) for s in range(60)])
+    assert read_report(ev(3)) is None                         # another kind
+    for bad in (data[:-1], data + b"\x00", b"\x84\x09\x18\x0c\x01\x81\x83\x01\x02\x03"):
+        try:
+            read_report(bad)
+        except ValueError:
+            pass
+        else:
+            raise AssertionError(bad)
+    d = DeadLetters(Flash(), "deadletter")
+    d.add(5, [(2, 9)])                                        # our own: counted
+    node, count, ids = read_report(data)
+    d.add(node, ids, count)                                   # node 12's: carried, not counted
+    assert d.total == 1
+    assert [e[0] for e in d.nodes] == [5, 12] and d.nodes[1][1] == 70 and len(d.nodes[1][2]) == 60
+    d.message()
+    d.acked()
+    m = messages.decode(d.message())
+    # the ids that fit (64 in all) go first; the count still covers all 70
+    assert m.node == 12 and len(m.ids) == 60 and m.count == 70
