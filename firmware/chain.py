@@ -784,6 +784,7 @@ class ChainNode(NodeCore):
         }
 
     def status(self, final=False):
+        # Our STATUS, encoded: a view of the writer's buffer, valid until the next call.
         # last_seq is the newest own event handed to the upstream link, not the newest
         # published: this STATUS enters the link after those and overtakes only events
         # still waiting in the outbox (after a cut, say), which the base must not count
