@@ -86,7 +86,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="at the end, wait at most S seconds for the base to receive everything "
                         "the paused nodes published (default %(default)s)")
     # what sim.cli.chain_from_args reads and the demo does not offer
-    p.set_defaults(window=8, serial_link=None, workdir=None, heapsize=None)
+    p.set_defaults(window=None, serial_link=None, workdir=None, heapsize=None)
 
 
 def _free_udp_port() -> int:

@@ -153,7 +153,9 @@ class SerialHead:
             `starling chain`: messages go to `on_message` callbacks only).
         port: device path, symlink or pyserial URL (``loop://``, ``rfc2217://...``).
         baud: line rate (ignored by ptys and loop://).
-        window: link window (frames in flight and frames buffered, 1..64).
+        window: link window (frames in flight and frames buffered, 1..64). Default 64:
+            node 1 sends no more than its own window (8 full frames, more small ones on
+            a lossy line), so a large one here lets the node's decide.
         announce_every: seconds between ANNOUNCEs while the link is up (one is sent
             when it comes up); None: never announce. Default: the station's
             announce_every (lease/3, at most 5 s), or never without a station.
@@ -165,7 +167,7 @@ class SerialHead:
         name: the key of this head in station.summary()["serial"] (default: port).
     """
 
-    def __init__(self, station: Any, port: str, baud: int = DEFAULT_BAUD, window: int = 8, *,
+    def __init__(self, station: Any, port: str, baud: int = DEFAULT_BAUD, window: int = 64, *,
                  announce_every: float | None | str = "auto", reopen_interval: float = REOPEN_INTERVAL,
                  write_timeout: float = 2.0, on_message: Callable[[bytes], Any] | None = None,
                  link_options: dict | None = None, name: str | None = None):

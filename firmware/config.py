@@ -55,7 +55,9 @@
 #   forward          {"max": int [256], "max_bytes": int [8192]}: lower nodes' messages,
 #                    counted until acknowledged upstream (so at least the up link's
 #                    capacity: window x max_payload in flight + 2 x max_payload queued)
-#   window           int 1..64 [8]: link window (frames in flight, frames buffered)
+#   window           int 1..64 [8; with link.frame_bytes < max_payload: 8 x max_payload /
+#                    frame_bytes, at most 64]: link window (frames in flight, frames
+#                    buffered); the base's head should take at least as many
 #   link             {"max_payload": int 128..1016 [256] (a STATUS must fit: ~100 bytes),
 #                     "frame_bytes": int 0..1016 [0]: target DATA payload per frame on a
 #                     lossy line (0: fill frames up to max_payload), "max_retries": int [16],
@@ -408,8 +410,9 @@ def _serial(d, c):
         _check_keys(fw, ("max", "max_bytes"), "forward.")
         c.forward_max = _int(fw, "max", "forward.", 1, 65536, 256)
         c.forward_max_bytes = _int(fw, "max_bytes", "forward.", 64, 1 << 24, 8192)
-    c.window = _int(d, "window", "", 1, 64, 8)
     c.link = _section(d, "link", LINK_DEFAULTS, _LINK_RANGES)
+    c.window = _int(d, "window", "", 1, 64,
+                    default_window(c.link["frame_bytes"], c.link["max_payload"]))
     if c.link["keepalive_ms"] >= c.link["dead_after_ms"]:
         _fail("link.keepalive_ms", "less than dead_after_ms (%d)" % c.link["dead_after_ms"],
               c.link["keepalive_ms"])
@@ -419,6 +422,16 @@ def _serial(d, c):
     if c.transport != "serial":
         c.link = c.log = None     # checked all the same; only a chain node keeps them (RAM)
     c.stop_drain_ms = _int(d, "stop_drain_ms", "", 0, 600000, 1000)
+
+
+def default_window(frame_bytes, max_payload):
+    # The default window: 8 full frames; with small frames (link.frame_bytes below
+    # max_payload, a lossy line) as many frames as hold the same bytes, up to 64 (the
+    # SACK bitmap): a window of 8 small frames leaves such a line idle while losses are
+    # recovered, and the link's buffers hold frames of their own size, so RAM is the same
+    if not frame_bytes or frame_bytes >= max_payload:
+        return 8
+    return min(64, 8 * max_payload // frame_bytes)
 
 
 def parse(text):

@@ -92,7 +92,8 @@ class Chain:
         reboot_every: seconds between graceful reboots of a random node (None: never).
         durable: the nodes keep their outbox and forward queue in a flash log.
         rate: readings per second per node (split over the sensors).
-        window: link window of every node.
+        window: link window of every node (None: firmware/config.py's default, 8 full
+            frames or, with small frames, as many as hold the same bytes).
         seed: seeds the wires, the cut and reboot schedules.
         serial_link: a symlink created to the head's pty (None: none).
         frame_bytes: target payload per frame (None: auto_frame_bytes(ber, drop); 0: full).
@@ -114,7 +115,7 @@ class Chain:
     def __init__(self, k: int = 3, *, baud: int = 115200, ber: float = 0.0, drop: float = 0.0,
                  cut_every: float | None = None, cut_seconds: float = 2.0,
                  reboot_every: float | None = None, durable: bool = True, rate: float = 1.0,
-                 window: int = 8, seed: int = 0, serial_link: str | None = None,
+                 window: int | None = None, seed: int = 0, serial_link: str | None = None,
                  max_payload: int | None = None, frame_bytes: int | None = None,
                  max_retries: int | None = None,
                  sensors: list[dict[str, Any]] | None = None, status_every_ms: int = 1000,
@@ -134,11 +135,13 @@ class Chain:
         self.reboot_every = reboot_every
         self.durable = durable
         self.rate = rate
-        self.window = window
         self.seed = seed
         self.serial_link = serial_link
         self.frame_bytes = frame_bytes if frame_bytes is not None else auto_frame_bytes(ber, drop)
         self.max_payload = max_payload or (128 if self.frame_bytes else 256)
+        # None: node.json's default (8 full frames, or as many small ones as hold as much)
+        self.window = window if window is not None else fw_config.default_window(
+            self.frame_bytes, self.max_payload)
         self.max_retries = max_retries if max_retries is not None else (64 if (ber or drop) else 16)
         self.sensors = with_rate(sensors, rate) if sensors is not None else default_sensors(rate)
         self.status_every_ms = status_every_ms

@@ -104,7 +104,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c = add_chain_arguments(parser.add_argument_group("serial chain (instead of a UDP fleet)"))
     c.add_argument("--serial-link", default=None, metavar="PATH",
                    help="symlink to the head's pty (for starling listen --serial PATH)")
-    c.add_argument("--window", type=int, default=8, metavar="N", help="link window (default 8)")
+    c.add_argument("--window", type=int, default=None, metavar="N",
+                   help="link window (default 8; with the small frames of a lossy line as many "
+                        "as hold the same bytes, up to 64)")
     parser.add_argument("--summary-json", default=None, metavar="PATH", help="write the summary here")
 
 
@@ -149,7 +151,7 @@ def chain_from_args(args: argparse.Namespace):
     from sim.chain import Chain
     if args.chain < 1:
         raise ValueError("--chain needs at least 1 node")
-    if not 1 <= args.window <= 64:
+    if args.window is not None and not 1 <= args.window <= 64:
         raise ValueError("--window must be 1..64")
     return Chain(args.chain, baud=args.baud, ber=args.ber, drop=args.drop,
                  cut_every=args.cut_every, cut_seconds=args.cut_seconds,

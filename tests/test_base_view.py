@@ -99,7 +99,7 @@ def test_serial_table_and_plain_lines_show_the_link_counters(tmp_path):
     # retransmit them all) shows as "-"
     rtt = "-" if ls["rtt_ms"] is None else "%dms" % ls["rtt_ms"]
     assert cells["rtt"] == rtt
-    assert cells["window"] == "%d/8" % ls["window_in_use"]
+    assert cells["window"] == "%d/64" % ls["window_in_use"] and s["window"] == 64   # the head's default
     assert int(cells["downs"]) == ls["downs"]
     assert rows[2][:4] == [missing, "closed", "-", "-"]
     assert rows[3][:4] == [lonely, "down", "-", "-"] and rows[3][4] == "0"
@@ -120,7 +120,7 @@ def test_serial_table_and_plain_lines_show_the_link_counters(tmp_path):
     lines = view.plain_lines(summary)
     assert lines[0].startswith("t=") and "nodes=1 received=30 lost=0" in lines[0]
     assert lines[1] == ("serial %s link=up peer=5 hop=1 rx=%d tx=%d retx=%d crc=%d rtt=%s "
-                        "window=%d/8 downs=%d" % (port, s["frames_in"], s["frames_out"],
+                        "window=%d/64 downs=%d" % (port, s["frames_in"], s["frames_out"],
                                                   ls["retransmissions"],
                                                   ls["crc_errors"] + ls["malformed"], rtt,
                                                   ls["window_in_use"], ls["downs"]))

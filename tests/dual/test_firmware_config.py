@@ -127,3 +127,15 @@ def test_link_and_log_sections_are_checked_for_every_transport_kept_by_serial_on
                                     link={"max_payload": 128}, log={"flush_ms": 50}))
     assert serial.link["max_payload"] == 128 and serial.link["max_retries"] == 16
     assert serial.log["flush_ms"] == 50 and serial.log["segment_bytes"] == 4096
+
+
+def test_default_window_holds_as_many_small_frames_as_8_full_ones():
+    base = {"node": 3, "transport": "serial", "uart": {"up": {"path": "u", "baud": 115200}}}
+    assert config.from_dict(base).window == 8
+    small = dict(base, link={"max_payload": 256, "frame_bytes": 40})
+    assert config.from_dict(small).window == 51               # 8 x 256 / 40
+    assert config.from_dict(dict(base, link={"max_payload": 128, "frame_bytes": 40})).window == 25
+    assert config.from_dict(dict(base, link={"max_payload": 1016, "frame_bytes": 64})).window == 64
+    assert config.from_dict(dict(base, link={"max_payload": 256, "frame_bytes": 256})).window == 8
+    assert config.from_dict(dict(small, window=8)).window == 8  # an explicit window wins
+    assert config.default_window(0, 256) == 8 and config.default_window(32, 256) == 64
