@@ -162,6 +162,17 @@ def mount_rom():
 # nothing while a Python call from JavaScript is running (its GC cannot see which
 # words on the wasm stack are live, so a collection inside the call keeps everything
 # allocated during it), so its runner calls used() in a call of its own at each step.
+def import_rows(modules, out, prev):
+    # import the modules in order (leaves first), each one's RAM into out["modules"];
+    # returns the RAM in use after the last (prev: before the first)
+    for name in modules:
+        __import__(name)
+        now = yield
+        out["modules"][name] = now - prev
+        prev = now
+    return prev
+
+
 def ram(board="unix", tests=None, rom=False):
     image = mount_rom() if rom else None
     if board == "unix":
@@ -177,12 +188,7 @@ def ram(board="unix", tests=None, rom=False):
     out = {"modules": {}}
     if image is not None:
         out["image_bytes"] = len(image)
-    prev = base
-    for name in modules:
-        __import__(name)
-        now = yield
-        out["modules"][name] = now - prev
-        prev = now
+    prev = yield from import_rows(modules, out, base)
     from firmware import node as node_mod
     if board != "unix":
         hal = node_mod.make_hal(BUNDLE, platform=board, quiet=True, clock=clk, sockets=net,
@@ -250,12 +256,7 @@ def ram_chain(rom=False, durable=False):
     out = {"modules": {}}
     if image is not None:
         out["image_bytes"] = len(image)
-    prev = base
-    for name in CHAIN_MODULES:
-        __import__(name)
-        now = yield
-        out["modules"][name] = now - prev
-        prev = now
+    prev = yield from import_rows(CHAIN_MODULES, out, base)
     from firmware import node as node_mod
     cfg = node_mod.load_config(hal)
     now = yield

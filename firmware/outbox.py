@@ -574,39 +574,16 @@ class Log:
 
 # The dead-letter file: CBOR [[node, count, [[epoch, seq], ...]], ...], definite lengths,
 # unsigned ints only (what protocol.cbor.dumps writes for that list). Written and read
-# here, so a chain node needs no generic CBOR codec for it.
-def _put_head(out, mt, n):
-    if n < 24:
-        out.append(mt | n)
-        return
-    if n < 256:
-        ai, k = 24, 1
-    elif n < 65536:
-        ai, k = 25, 2
-    elif not n >> 32:
-        ai, k = 26, 4
-    else:
-        ai, k = 27, 8
-    out.append(mt | ai)
-    i = k
-    while i:
-        i -= 1
-        out.append((n >> (8 * i)) & 255)
-
-
+# here, so a chain node needs no generic CBOR codec for it. An entry is the body of the
+# DEADLETTER message nodewire.deadletter() writes, [9, node, count, ids], under an
+# array head of 3 instead of that message's 4 and its kind.
 def _write_dead(nodes):
-    out = bytearray()
-    _put_head(out, 0x80, len(nodes))
+    # at most DeadLetters.MAX_NODES (< 24) entries: a one-byte array head
+    parts = [bytes([0x80 | len(nodes)])]
     for e in nodes:
-        out.append(0x83)
-        _put_head(out, 0, e[0])
-        _put_head(out, 0, e[1])
-        _put_head(out, 0x80, len(e[2]))
-        for p in e[2]:
-            out.append(0x82)
-            _put_head(out, 0, p[0])
-            _put_head(out, 0, p[1])
-    return bytes(out)
+        parts.append(b"\x83")
+        parts.append(deadletter(e[0], e[1], e[2])[2:])
+    return b"".join(parts)
 
 
 def _head(raw, st, mt):

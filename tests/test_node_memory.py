@@ -24,11 +24,11 @@ import pytest
 
 from conftest import ROOT
 
-SCRIPT = r'''
-import sys, gc
-sys.path.insert(0, sys.argv[1])
-from firmware import config
-from firmware.node import Node
+# The HAL both scripts below give their node: clock, flash in a dict, sockets and
+# UARTs that go nowhere
+HAL = r'''
+import gc
+
 
 class Hal:
     def __init__(self):
@@ -45,9 +45,26 @@ class Hal:
     def udp_recv(self, s): return None
     def wait_readable(self, t): return False
     def read_file(self, n): return self.files.get(n)
-    def write_file_atomic(self, n, d): self.files[n] = d
+    def write_file_atomic(self, n, d): self.files[n] = bytes(d)
+    def append_file(self, n, d): self.files[n] = self.files.get(n, b"") + bytes(d)
+    def remove_file(self, n): self.files.pop(n, None)
     def free_mem(self): return gc.mem_free()
+    def mem_alloc(self): return gc.mem_alloc()
     def log(self, m): pass
+
+
+class Uart:
+    # a line with nobody at the other end
+    def read_into(self, buf): return 0
+    def any(self): return 0
+    def write(self, d): return len(d)
+'''
+
+SCRIPT = r'''
+import sys, gc
+sys.path.insert(0, sys.argv[1])
+from firmware import config
+from firmware.node import Node
 
 kind = sys.argv[2]
 nsubs = int(sys.argv[3])
@@ -77,7 +94,7 @@ print("per_publish=%d after_boot=%d published=%d" % ((b - a) // (node.published 
 
 def _measure(micropython, tmp_path, kind, subs):
     script = tmp_path / "mem.py"
-    script.write_text(SCRIPT)
+    script.write_text(HAL + SCRIPT)
     proc = subprocess.run([micropython, "-X", "heapsize=256K", str(script), str(ROOT), kind, str(subs)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -172,41 +189,6 @@ import sys
 sys.path.insert(0, sys.argv[1])
 from firmware import config
 from firmware.chain import ChainNode
-from protocol.link import encode_hello
-
-
-class Uart:
-    # a line whose far end sends nothing but what the test puts in `rx`
-    def __init__(self):
-        self.rx = b""
-        self.tx = 0
-    def read_into(self, buf):
-        n = min(len(buf), len(self.rx))
-        buf[:n] = self.rx[:n]
-        self.rx = self.rx[n:]
-        return n
-    def any(self): return len(self.rx)
-    def write(self, d):
-        self.tx += len(d)
-        return len(d)
-
-
-class Hal:
-    def __init__(self):
-        self.now = 0
-        self.files = {}
-    def ticks_ms(self): return self.now
-    def ticks_diff(self, a, b): return a - b
-    def wall_ms(self): return None
-    def read_file(self, n): return self.files.get(n)
-    def write_file_atomic(self, n, d): self.files[n] = bytes(d)
-    def append_file(self, n, d): self.files[n] = self.files.get(n, b"") + bytes(d)
-    def remove_file(self, n): self.files.pop(n, None)
-    def free_mem(self): return 100000
-    def mem_alloc(self): return 0
-    def wait_readable(self, t): return False
-    def log(self, m): pass
-
 
 cfg = config.from_dict({"node": 3, "transport": "serial", "durable": True,
                         "uart": {"up": {"path": "u", "baud": 115200}, "down": {"path": "d", "baud": 115200}},
@@ -243,7 +225,7 @@ def test_chain_node_runs_without_the_generic_codec(micropython, tmp_path):
     # and a forwarded event, persists them and reboots never imports protocol.cbor or
     # protocol.messages (~50 KB of RAM on a board)
     script = tmp_path / "chain_mem.py"
-    script.write_text(CHAIN_SCRIPT)
+    script.write_text(HAL + CHAIN_SCRIPT)
     proc = subprocess.run([micropython, "-X", "heapsize=512K", str(script), str(ROOT)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr

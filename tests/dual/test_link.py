@@ -428,6 +428,7 @@ def _fed(link, frame):
     if link.malformed != malformed:
         assert link.got is None
         return None
+    assert link.got is not None
     if link.got[0] == "DATA":
         assert type(link.got[2]) is bytes
     return link.got
@@ -458,6 +459,13 @@ FRAME_VECTORS = [
     ("85 05 01 02 03 a1 81 00 00", None), ("85 05 01 02 03 a1 c1 a0 00", None),
     ("85 05 01 02 03 bf 00 ff", None), ("85 05 01 02 03 f8 1f", None),
     ("9f 05 01 02 03", None), ("9f 05 01 02 03 ff 00", None),
+    ("98 03 06 01 41 01", ("DATA", 1, b"\x01")),
+    ("86 07 01 02 03 04 " + "9f " * 15 + "ff " * 15, ("HELLO", 1, 2, 3, 4)),
+    ("", None), ("83 06 00", None), ("82 06 00", None), ("80", None), ("a0", None),
+    ("9f 06 00 40", None), ("83 06 1a 00 01 00 00 40", None),       # seq > SEQ_MASK
+    ("83 06 00 5f 5f ff ff", None), ("84 05 00 00 1a 00 01 00 00", None),
+    ("85 07 00 01 02 03", None), ("85 07 01 02 03", None), ("85 05 01 02 03 ff", None),
+    ("86 07 01 02 03 04 " + "d8 20 " * 16 + "00", None),           # 16 tags
 ]
 
 
