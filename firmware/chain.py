@@ -164,6 +164,7 @@ class ChainNode(NodeCore):
                          False, True, cfg.durable)
         self.fwd = Queue(Q_FWD, cfg.forward_max, cfg.forward_max_bytes, "block", _SLACK, True,
                          False, cfg.durable)
+        self._queues = (self.own, self.fwd)   # _fill()'s round robin, built once
         self.log = None
         if cfg.durable:
             lg = cfg.log
@@ -637,7 +638,7 @@ class ChainNode(NodeCore):
                 return offered
             offered += len(m)
         # deficit round-robin on bytes between the own outbox (0) and forward queue (1)
-        qs = (self.own, self.fwd)
+        qs = self._queues
         empty = 0
         while empty < 2:
             if limit and offered >= limit:

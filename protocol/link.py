@@ -145,6 +145,7 @@ _H_ACK = const(5)
 _H_HELLO = const(7)
 _BREAK = const(0xFF)
 _MAX_DEPTH = const(16)          # nesting that protocol/cbor.py's loads() accepts
+_NOTHING = ()                   # what a poll returns when there is nothing: no allocation
 
 
 class LinkError(ValueError):
@@ -530,6 +531,7 @@ class Link:
         self._q_tix = []            # their tickets
         self._q_bytes = 0
         self._out = []              # _Frame objects, seq order, first one is snd_una
+        self._tx_scratch = []       # poll_transmit()'s DATA frames, emptied before it returns
         self._snd_nxt = 0
         self._peer_wnd = 1          # credit until the peer's first ACK
         self._txn = 0
@@ -656,10 +658,11 @@ class Link:
         f[1] = None  # keeps no payload alive past this call
 
     def poll_received(self):
-        """Messages delivered in order since the last call (a list of bytes)."""
+        """Messages delivered in order since the last call: a list of bytes, or an empty
+        tuple (allocated once) when there are none."""
         ready = self._ready
         if not ready:
-            return []
+            return _NOTHING
         out = []
         for payload in ready:
             end = len(payload)
@@ -679,37 +682,45 @@ class Link:
         return out
 
     def poll_acked(self):
-        """Tickets of messages the peer acknowledged since the last call."""
+        """Tickets of messages the peer acknowledged since the last call (a list, or an
+        empty tuple)."""
         out = self._acked
-        if out:
-            self._acked = []
-        else:
-            out = []
+        if not out:
+            return _NOTHING
+        self._acked = []
         return out
 
     def poll_dead(self):
-        """Tickets of messages whose frame exceeded max_retries since the last call."""
+        """Tickets of messages whose frame exceeded max_retries since the last call (a list,
+        or an empty tuple)."""
         out = self._dead
-        if out:
-            self._dead = []
-        else:
-            out = []
+        if not out:
+            return _NOTHING
+        self._dead = []
         return out
 
     def poll_transmit(self, now_ms):
         """Frame payloads to send now, in order (HELLO, ACK, retransmissions, new DATA).
-        Each is bytes-like (bytes or bytearray; do not modify it)."""
+        Each is bytes-like (bytes or bytearray; do not modify it). A list, or an empty
+        tuple when there is nothing to send."""
         self._tick(now_ms)
-        data = []
+        data = self._tx_scratch   # DATA frames gather here: no list per idle call
+        if data:
+            del data[:]   # left by a call that raised
         if self.established and self._alive:
             self._send_data(now_ms, data)
-        out = []
+        out = _NOTHING
         if self._hello_flag or (self._hello_at is not None and _diff(now_ms, self._hello_at) >= 0):
-            out.append(self._hello_frame(now_ms))
+            out = [self._hello_frame(now_ms)]
         if self.established and self._ack_pending:
+            if out is _NOTHING:
+                out = []
             out.append(self._ack_frame())
         if data:
+            if out is _NOTHING:
+                out = []
             out.extend(data)
+            del data[:]
         if out:
             self.frames_sent += len(out)
             self._last_tx = now_ms

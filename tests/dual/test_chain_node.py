@@ -475,3 +475,29 @@ def test_block_policy_publish_wait_and_refusal():
     assert node.next_seq == 5
     w.run(1000)
     assert w.base.ids(1) == [(1, s) for s in range(5)]
+
+
+def test_idle_middle_node_step_allocates_nothing_on_micropython():
+    # a chain node steps on every wake-up and every byte: between publishes, with both
+    # links up and nothing to send, a step must not allocate (each idle step used to
+    # leave 672 bytes of empty lists on 64-bit, polls and poll_transmit's own)
+    import gc
+    import sys
+    cfgs = [node_config(1, period_ms=600000), node_config(2, period_ms=600000, down=False)]
+    w = World(2, cfgs=cfgs)
+    w.run(5000)
+    node = w.nodes[0]
+    assert node.hop == 1 and node.up_link.established and node.down_link.established
+    now = w.clock.ms()
+    for i in range(20):
+        node.step(now + i)
+    if sys.implementation.name != "micropython":
+        return   # heap accounting is a MicroPython measurement
+    gc.collect()
+    gc.disable()
+    before = gc.mem_alloc()
+    for i in range(100):
+        node.step(now + 20 + i)
+    used = gc.mem_alloc() - before
+    gc.enable()
+    assert used == 0, used
