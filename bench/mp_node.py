@@ -5,7 +5,7 @@
 #   micropython -X heapsize=256K bench/mp_node.py ram BUNDLE
 #       RAM held after boot: gc.mem_alloc() after gc.collect(), per imported module
 #       (leaves first, so each delta is that module's own code and data), then
-#       node.load_config() as main() does it (firmware.config imported, node.json
+#       core.load_config() as main() does it (firmware.config imported, node.json
 #       checked, the module dropped again: its row is what stays), and the booted Node
 #       (config, sensors, subscriber table, writer buffers).
 #   micropython -X heapsize=256K bench/mp_node.py ram_esp32 BUNDLE TESTS
@@ -50,13 +50,13 @@ MODE = ARGS[0]
 BUNDLE = ARGS[1]
 sys.path.insert(0, BUNDLE)
 
-# the modules a node imports at boot, leaves first (firmware/node.py's imports; not
-# protocol.cbor: "cbor_loaded" in the output tells whether anything imported it);
-# firmware.config (and protocol.codes, which only it uses) come after them, through
-# node.load_config(), which drops both again
+# the modules a node imports at boot, leaves first (firmware/core.py's and
+# firmware/node.py's imports; not protocol.cbor: "cbor_loaded" in the output tells
+# whether anything imported it); firmware.config (and protocol.codes, which only it
+# uses) come after them, through core.load_config(), which drops both again
 MODULES = ("protocol", "protocol.topics", "protocol.nodewire", "protocol.cbor_lite",
            "firmware", "firmware.sensors", "firmware.subscribers",
-           "firmware.hal_unix", "firmware.node")
+           "firmware.hal_unix", "firmware.core", "firmware.node")
 
 
 class NullUart:
@@ -189,11 +189,12 @@ def ram(board="unix", tests=None, rom=False):
     if image is not None:
         out["image_bytes"] = len(image)
     prev = yield from import_rows(modules, out, base)
+    from firmware import core
     from firmware import node as node_mod
     if board != "unix":
-        hal = node_mod.make_hal(BUNDLE, platform=board, quiet=True, clock=clk, sockets=net,
-                                poller=net.Poll(), machine_name="Generic ESP32 module with ESP32")
-    cfg = node_mod.load_config(hal)
+        hal = core.make_hal(BUNDLE, platform=board, quiet=True, clock=clk, sockets=net,
+                            poller=net.Poll(), machine_name="Generic ESP32 module with ESP32")
+    cfg = core.load_config(hal)
     if board != "unix":
         hal.begin(cfg)        # Wi-Fi join, NTP
     now = yield
@@ -230,14 +231,14 @@ def ram(board="unix", tests=None, rom=False):
 
 
 # A middle node of a serial chain (firmware/chain.py: up and down UART, two sensors,
-# the config defaults otherwise), booted as firmware.node.main() boots it: node.json
+# the config defaults otherwise), booted as firmware.core.main() boots it: node.json
 # through load_config(), then ChainNode(cfg, hal). Its modules, leaves first; what
 # they import besides (protocol.cbor / protocol.messages, if anything still does)
 # is counted in the row of the module that imported it, and reported as flags.
 CHAIN_MODULES = ("protocol", "protocol.codes", "protocol.topics", "protocol.nodewire",
                  "protocol.cbor_lite", "protocol.framing", "protocol.link", "firmware",
-                 "firmware.sensors", "firmware.subscribers", "firmware.uart_unix",
-                 "firmware.hal_unix", "firmware.node", "firmware.outbox", "firmware.chain")
+                 "firmware.sensors", "firmware.uart_unix", "firmware.hal_unix",
+                 "firmware.core", "firmware.outbox", "firmware.chain")
 CHAIN_CONFIG = {"node": 7, "transport": "serial",
                 "uart": {"up": {"path": "/dev/null", "baud": 115200},
                          "down": {"path": "/dev/null", "baud": 115200}},
@@ -257,8 +258,8 @@ def ram_chain(rom=False, durable=False):
     if image is not None:
         out["image_bytes"] = len(image)
     prev = yield from import_rows(CHAIN_MODULES, out, base)
-    from firmware import node as node_mod
-    cfg = node_mod.load_config(hal)
+    from firmware import core
+    cfg = core.load_config(hal)
     now = yield
     out["modules"]["firmware.config"] = now - prev
     prev = now
@@ -281,12 +282,13 @@ def ram_chain(rom=False, durable=False):
     out["from"] = sys.modules["firmware.chain"].__file__
     out["cbor_loaded"] = "protocol.cbor" in sys.modules
     out["messages_loaded"] = "protocol.messages" in sys.modules
+    out["udp_node_loaded"] = "firmware.node" in sys.modules or "firmware.subscribers" in sys.modules
     return out
 
 
 BOARD_MODULES = ("protocol", "protocol.topics", "protocol.nodewire", "protocol.cbor_lite",
                  "firmware", "firmware.sensors", "firmware.subscribers",
-                 "firmware.hal_board", "firmware.hal_esp32", "firmware.node")
+                 "firmware.hal_board", "firmware.hal_esp32", "firmware.core", "firmware.node")
 
 
 def drive(gen):

@@ -321,7 +321,7 @@ async def fleet_run(runtime: str, n: int, rate: float, window: float) -> dict:
 
 MODULE_ORDER = ("protocol", "protocol.topics", "protocol.nodewire", "protocol.cbor_lite",
                 "firmware", "firmware.sensors", "firmware.subscribers",
-                "firmware.hal_unix", "firmware.node", "firmware.config")
+                "firmware.hal_unix", "firmware.core", "firmware.node", "firmware.config")
 MODULE_LABEL = {"firmware.config": "config+codes, dropped"}
 
 
@@ -331,9 +331,8 @@ BOARD_ROWS = ("firmware.hal_board", "firmware.hal_esp32")
 CHAIN_RUNS = (("ram_chain", ".mpy"), ("ram_chain_rom", "ROMFS"), ("ram_chain_durable", ".mpy, durable"))
 CHAIN_ORDER = ("protocol", "protocol.codes", "protocol.topics", "protocol.nodewire",
                "protocol.cbor_lite", "protocol.framing", "protocol.link", "firmware",
-               "firmware.sensors", "firmware.subscribers", "firmware.uart_unix",
-               "firmware.hal_unix", "firmware.node", "firmware.outbox", "firmware.chain",
-               "firmware.config")
+               "firmware.sensors", "firmware.uart_unix", "firmware.hal_unix",
+               "firmware.core", "firmware.outbox", "firmware.chain", "firmware.config")
 
 
 def print_chain_table(mp: dict) -> None:

@@ -79,8 +79,9 @@ from protocol.cbor_lite import parse_control, event_ids
 from protocol.nodewire import EventWriter, StatusWriter
 from protocol.framing import FrameDecoder, encode_frame_into, max_encoded_len
 from protocol.link import Link, LinkError, DATA_OVERHEAD
-# firmware.node is loaded already on a node (its main() starts the chain): no RAM cost
-from firmware.node import NodeCore, new_epoch, save_epoch, write_counters
+# firmware.core, not firmware.node: the UDP node's code and subscriber table stay out
+from firmware import core
+from firmware.core import NodeCore, new_epoch, save_epoch, write_counters
 from firmware.outbox import (Queue, Log, DeadLetters, pdiff, read_report, Q_OWN, Q_FWD,
                              Q_STATUS, Q_DEAD, KIND_OWN, KIND_FWD)
 
@@ -951,13 +952,12 @@ def main(flash_dir=None, hal=None, stdin_control=False, cfg=None):
     # end of stdin when stdin_control). On the way out: a last STATUS, a short drain, the
     # log synced, counters written as counters.json and printed as {"report": ...}.
     # Returns 0, or 1 when node.json is unusable.
-    from firmware import node as _node
-    _node._sigterm_interrupts()
+    core.stop_on_sigterm()
     if hal is None:
-        hal = _node.make_hal(flash_dir, stdin_control)
+        hal = core.make_hal(flash_dir, stdin_control)
     if cfg is None:
         try:
-            cfg = _node.load_config(hal)   # board sensor kinds registered first
+            cfg = core.load_config(hal)   # board sensor kinds registered first
         except ValueError as e:   # firmware.config.ConfigError
             hal.log(str(e))
             return 1

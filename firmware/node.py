@@ -8,7 +8,9 @@
 #     delay = node.step(now)             # now: hal.ticks_ms(); returns ms to sleep
 #     node.on_datagram(data, addr, now)  # an ANNOUNCE (or junk) arrived
 # and `Node.run()` is the short loop that does this with the HAL's clock and
-# sockets; `main()` is what /main.py calls on a board or the simulator on unix.
+# sockets; `main()` runs it once firmware.core.main() (what /main.py calls on a board
+# or the simulator on unix) has booted from node.json. What the serial-chain node
+# shares (NodeCore, the epoch file, the HAL, node.json) is in firmware/core.py.
 #
 # Boot: the epoch in flash (file "epoch") is read, incremented and written back
 # (temporary file + rename) before anything is sent, so (epoch, seq) never repeats.
@@ -20,8 +22,8 @@
 # a new boot: epoch, next seq, uptime, time base and sensor schedule continue and
 # the epoch file is left alone (static bases: last_sent = next_seq - 1, no skip).
 #
-# Platforms: make_hal() picks the HAL by sys.platform (esp32, rp2, else unix).
-# main() registers the board's sensor kinds before node.json is checked, calls
+# Platforms: core.make_hal() picks the HAL by sys.platform (esp32, rp2, else unix).
+# core.main() registers the board's sensor kinds before node.json is checked, calls
 # hal.begin(cfg) (watchdog, Wi-Fi, NTP), and run() calls hal.feed() every loop.
 #
 # Time: `uptime` is ms since boot, an int accumulated from ticks_diff so it never
@@ -55,8 +57,8 @@
 # Memory: the node imports protocol.nodewire (EventWriter, BatchWriter, StatusWriter,
 # write_value) and protocol.cbor_lite (the ANNOUNCE reader), neither protocol.messages
 # nor protocol.cbor (a signing node imports protocol.auth, and with it protocol.cbor,
-# when it boots); main() drops firmware.config and protocol.codes after node.json is
-# checked (load_config). The hot path (one EVENT to subscribers)
+# when it boots); core.load_config() drops firmware.config and protocol.codes after
+# node.json is checked. The hot path (one EVENT to subscribers)
 # writes the event once with nodewire.EventWriter (pre-encoded head, node, epoch and
 # topic), then only its skip per subscriber; each subscriber's topic match is a flag
 # per sensor (Subscriber.want) computed when its filters are set; the memoryview
@@ -65,11 +67,10 @@
 # tests/dual/test_node_wire.py, bench/node.py): 0 bytes per publish for int, bool
 # and float readings (a float waveform's own boxed floats, ~160 bytes, are the
 # sensor's), 0 per STATUS.
-import sys
-
 from protocol import nodewire
 from protocol import cbor_lite
-from firmware import sensors
+from firmware import core
+from firmware.core import NodeCore, new_epoch, save_epoch, write_counters
 from firmware.subscribers import Table
 
 try:
@@ -89,81 +90,10 @@ _CAP_AUTH = const(8)
 _CAP_TIME = const(16)
 _CAP_BATCH = const(32)
 _MAX_BODY = const(1391)      # MAX_DATAGRAM - 9: an EVENT body leaves room for any skip
-_EPOCH_FILE = "epoch"
 # STATUS counter keys in CBOR map order (ascending); _counters() fills them so
 # (codes.CTR_PUBLISHED, CTR_DROPPED, CTR_QUEUE, CTR_FREE_MEM, CTR_RATE_SHED, CTR_RX_BAD,
 # CTR_SEND_ERRORS)
 _STATUS_KEYS = (1, 2, 4, 5, 6, 7, 8)
-_COUNTERS_FILE = "counters.json"
-
-
-class NodeCore:
-    # What the UDP node (Node, below) and the serial-chain node (firmware/chain.py,
-    # ChainNode) share: identity, the boot epoch, uptime from the HAL's ticks, the time
-    # base and where it comes from, and the sensors. A subclass says in
-    # _time_changed() how the base hears of a new time base (a STATUS).
-    def __init__(self, cfg, hal):
-        self.cfg = cfg
-        self.hal = hal
-        self.node_id = cfg.node
-        self.epoch = 0
-        self.epoch_saved = True   # False while the epoch file could not be written
-        self.next_seq = 0
-        self.uptime = 0
-        self._ticks = 0
-        self.time_base = None
-        self._tb_clock = False    # time_base came from the HAL's synced clock (NTP)
-        self.done = False
-        self.booted = False
-        # board HALs add their own kinds (mcu_temp, adc, sht3x) beside the synthetic ones
-        mk = getattr(hal, "make_sensors", None)
-        if mk is not None:
-            self.sensors = mk(cfg.sensors, cfg.node, cfg.float32)
-        else:
-            self.sensors = sensors.make(cfg.sensors, cfg.node, cfg.float32)
-
-    def _advance(self, now):
-        d = self.hal.ticks_diff(now, self._ticks)
-        if d > 0:
-            self.uptime += d
-            self._ticks = now
-
-    def _host_clock(self):
-        # node.json host_clock (the simulator): the host's clock gives the time base at
-        # boot; uptime is brought up to now first (opening sockets, UARTs and the log
-        # took time since boot read the ticks, and every t counts from there)
-        if self.cfg.host_clock:
-            self._advance(self.hal.ticks_ms())
-            wall = self.hal.wall_ms()
-            if wall is not None:
-                self.time_base = wall - self.uptime
-
-    def _take_time_base(self, wall, announced=False):
-        # wall - uptime becomes the time base when there is none or it moved by more
-        # than 1 s (jitter of an ANNOUNCE's delivery does not count); True then.
-        # announced: wall is an ANNOUNCE's wall_ms (None: it has none), which does not
-        # count once the board's clock gives the time base.
-        if announced and (wall is None or self._tb_clock):
-            return False
-        tb = wall - self.uptime
-        if self.time_base is None or tb - self.time_base > 1000 or self.time_base - tb > 1000:
-            self.time_base = tb
-            return True
-        return False
-
-    def _clock_time(self, announce=True):
-        # The HAL's wall clock is set (NTP on a board): time_base from it, replacing
-        # one learned from an ANNOUNCE when they differ by more than 1 s; from now on
-        # ANNOUNCEs no longer move it. announce: tell the base (_time_changed).
-        wall = self.hal.wall_ms()
-        if wall is None:
-            return
-        self._advance(self.hal.ticks_ms())   # uptime at the same moment as wall
-        self._tb_clock = True
-        if self._take_time_base(wall):
-            self.hal.log("time base from the board clock: %d" % self.time_base)
-            if announce:
-                self._time_changed()
 
 
 class Node(NodeCore):
@@ -534,131 +464,14 @@ class Node(NodeCore):
                 "since": dict((e.base, e.since) for e in self.subs.entries)}
 
 
-def new_epoch(hal):
-    # this boot's epoch: the one in flash + 1 (0 + 1 without a readable file)
-    raw = hal.read_file(_EPOCH_FILE)
-    prev = 0
-    if raw:
-        try:
-            prev = int(raw)
-        except ValueError:
-            hal.log("epoch file unreadable (%r): starting from 0" % (raw,))
-    return prev + 1
-
-
-def save_epoch(hal, epoch, first):
-    # Write the epoch file; False if the flash refused (full, worn): the node runs on
-    # and its caller tries again later. Logged on the first failure and on success
-    # after one, not on every retry.
-    try:
-        hal.write_file_atomic(_EPOCH_FILE, str(epoch).encode())
-    except OSError as e:
-        if first:
-            hal.log("epoch %d not saved (%s): running on; until it is saved, a reboot "
-                    "repeats this epoch" % (epoch, e))
-        return False
-    if not first:
-        hal.log("epoch %d saved" % epoch)
-    return True
-
-
-def write_counters(hal, text):
-    # the final report (JSON text) in flash as counters.json; a full flash only logs
-    try:
-        hal.write_file_atomic(_COUNTERS_FILE, text.encode())
-    except OSError as e:
-        hal.log("cannot write %s: %s" % (_COUNTERS_FILE, e))
-
-
-def make_hal(flash_dir=None, stdin_control=False, platform=None, **board):
-    # The HAL of this platform (sys.platform, or `platform`): "esp32" -> Esp32Hal,
-    # "rp2" -> PicoHal (flash at "/" unless flash_dir), anything else (linux, darwin,
-    # the simulator) -> the unix HAL. `board`: keyword arguments for a board HAL's
-    # constructor (tests pass a fake clock, sockets and poller). A board's bundle
-    # holds only its own HAL module, so each is imported only here.
-    plat = sys.platform if platform is None else platform
-    if plat == "esp32":
-        from firmware import hal_esp32
-        return hal_esp32.Esp32Hal("/" if flash_dir is None else flash_dir, **board)
-    if plat == "rp2":
-        from firmware import hal_pico
-        return hal_pico.PicoHal("/" if flash_dir is None else flash_dir, **board)
-    from firmware import hal_unix
-    return hal_unix.UnixHal("." if flash_dir is None else flash_dir, stdin_control=stdin_control)
-
-
-def _forget(name):
-    # drop an imported module (sys.modules and its package's attribute) so its code
-    # and data can be collected once nothing else refers to it
-    sys.modules.pop(name, None)
-    dot = name.rfind(".")
-    pkg = sys.modules.get(name[:dot]) if dot > 0 else None
-    if pkg is not None:
-        try:
-            delattr(pkg, name[dot + 1:])
-        except (AttributeError, TypeError):
-            pass
-
-
-def load_config(hal, name="node.json"):
-    # node.json from the HAL's flash -> firmware.config.Config (raises its ConfigError,
-    # a ValueError). The board's sensor kinds are registered first. On MicroPython
-    # firmware.config (~14 KB of code and strings, needed only here) is dropped from
-    # sys.modules afterwards: a Config holds nothing of the module, so it is freed
-    # (a serial-chain node imports it again with firmware/chain.py).
-    reg = getattr(hal, "register_kinds", None)
-    if reg is not None:   # board sensor kinds, before node.json is checked
-        reg()
-    from firmware import config
-    try:
-        return config.load(hal, name)
-    finally:
-        if sys.implementation.name == "micropython":
-            _forget("firmware.config")
-            _forget("protocol.codes")   # only config needed it
-
-
-def _sigterm_interrupts():
-    # CPython: SIGTERM stops the node like Ctrl-C (final STATUS, counters written).
-    # The MicroPython unix port has no signal module: SIGTERM ends it at once, so the
-    # simulator stops nodes through stdin (stdin_control) or SIGINT instead.
-    try:
-        import signal  # type: ignore
-    except ImportError:
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread
-        pass
-
-
-def main(flash_dir=None, hal=None, stdin_control=False):
-    # Boot from node.json in flash and run until stopped (Ctrl-C / SIGINT, SIGTERM on
-    # CPython, "stop" or end of stdin when stdin_control, or max_events). On the way
-    # out: final STATUS to every subscriber, counters written to flash as
-    # counters.json and printed as one JSON line starting with {"report": ...}.
-    # Returns 0, or 1 when node.json is unusable.
+def main(flash_dir=None, hal=None, stdin_control=False, cfg=None):
+    # Run the UDP node on `hal` with the checked node.json `cfg` (firmware.core.main()
+    # calls this after booting) until stopped; see core.main() for the way out. Without
+    # cfg: core.main() boots from node.json in flash (a "serial" transport runs the
+    # chain node instead). Returns 0, or 1 when node.json is unusable.
+    if cfg is None:
+        return core.main(flash_dir, hal, stdin_control)
     import json
-    _sigterm_interrupts()
-    if hal is None:
-        hal = make_hal(flash_dir, stdin_control)
-    try:
-        cfg = load_config(hal)
-    except ValueError as e:   # config.ConfigError
-        hal.log(str(e))
-        return 1
-    begin = getattr(hal, "begin", None)
-    if begin is not None:   # board: watchdog, Wi-Fi (waits for the first join), NTP
-        begin(cfg)
-    if cfg.transport == "serial":   # a serial-chain node (firmware/chain.py)
-        if cfg.sleep_ms:
-            hal.log("deep_sleep: not for serial-chain nodes; running on")
-        from firmware import chain
-        return chain.main(hal=hal, cfg=cfg)
     node = Node(cfg, hal)
     sleep = getattr(hal, "deep_sleep", None) if cfg.sleep_ms else None
     if cfg.sleep_ms and sleep is None:

@@ -4,7 +4,8 @@
 
 `Chain` builds a `sim.wire.WireChain` of K+1 paced 8N1 wires (impairments on every wire),
 starts one MicroPython unix-port process per node running firmware/chain.py with the unix
-HAL (``chain.main(flash_dir, stdin_control=True)``): exactly the code a board runs apart
+HAL (``core.main(flash_dir, stdin_control=True)``, as /main.py on a board, which runs
+firmware/chain.py for a "serial" node.json): exactly the code a board runs apart
 from the HAL and the UART. Node j's upstream UART is ``wires.upstream_path(j)`` (wire j-1,
 end B) and its downstream UART ``wires.downstream_path(j)`` (wire j, end A); the last node
 has no downstream UART unless ``tail=True`` (then wire K's far end is left free). The
@@ -78,7 +79,7 @@ def auto_frame_bytes(ber: float, drop: float) -> int:
 
 class _Node(NodeProcess):
     def __init__(self, node_id: int, flash: Path, heapsize: str):
-        super().__init__(node_id, flash, "chain", "chain node", heapsize)
+        super().__init__(node_id, flash, "core", "chain node", heapsize)
 
 
 class Chain:

@@ -4,8 +4,8 @@ Each node gets a flash directory (node.json, the persisted `epoch`, `counters.js
 `node.log`) under the fleet's work directory and runs either
 
 * ``runtime="micropython"``: as a real `micropython` unix-port process executing
-  firmware/node.py with the unix HAL (``node.main(flash_dir, stdin_control=True)``),
-  exactly the code a board runs apart from the HAL; or
+  firmware/node.py with the unix HAL (``core.main(flash_dir, stdin_control=True)``, as
+  /main.py on a board), exactly the code a board runs apart from the HAL; or
 * ``runtime="cpython"``: as an in-process `firmware.node.Node` driven by one asyncio
   task, all nodes sharing one send socket and one socket per discovery port, so
   thousands of nodes fit in one process.
@@ -130,7 +130,7 @@ class _Member(NodeProcess):
     """One node of the fleet and its boots (a process, or an in-process Node)."""
 
     def __init__(self, node_id: int, flash: Path, heapsize: str):
-        super().__init__(node_id, flash, "node", "node", heapsize)
+        super().__init__(node_id, flash, "core", "node", heapsize)
         self.node: fw_node.Node | None = None
 
 

@@ -116,9 +116,10 @@ BOOT_SCRIPT = r'''
 import sys, json, binascii, socket
 sys.path.insert(0, sys.argv[1])
 flash, port = sys.argv[2], int(sys.argv[3])
+from firmware import core
 from firmware import node as node_mod
-hal = node_mod.make_hal(flash)
-cfg = node_mod.load_config(hal)
+hal = core.make_hal(flash)
+cfg = core.load_config(hal)
 node = node_mod.Node(cfg, hal)
 node.boot()
 node.run(300)
@@ -135,6 +136,8 @@ hal.close()
 print("RESULT " + json.dumps({"cbor": "protocol.cbor" in sys.modules,
                               "messages": "protocol.messages" in sys.modules,
                               "codes": "protocol.codes" in sys.modules,
+                              "chain": [m for m in ("firmware.chain", "firmware.outbox",
+                                                    "protocol.link") if m in sys.modules],
                               "subscribers": sorted(e.base for e in node.subs.entries),
                               "rx_bad": node.rx_bad, "published": node.published,
                               "dropped": node.dropped, "time_base": node.time_base}))
@@ -179,6 +182,7 @@ def test_udp_node_boots_and_runs_without_protocol_cbor(micropython, tmp_path, ba
     assert line, proc.stdout + proc.stderr
     r = json.loads(line[-1][7:])
     assert r["cbor"] is False and r["messages"] is False and r["codes"] is False, r
+    assert r["chain"] == [], r
     assert r["subscribers"] == ["base-a", "lab", "static:127.0.0.1:9"], r
     assert r["rx_bad"] == 1 and r["dropped"] == 0 and r["published"] > 50, r
     assert r["time_base"] is not None, r     # wall_ms of the first vector
@@ -216,17 +220,19 @@ node.queue_status()
 node2 = ChainNode(cfg, hal, Uart(), Uart())                  # a reboot: the files are read
 node2.boot(hal.now)
 print("loaded", "protocol.cbor" in sys.modules, "protocol.messages" in sys.modules,
-      node.dead.total, len(node2.dead.nodes), node.statuses >= 0, len(m) > 0)
+      "firmware.node" in sys.modules, "firmware.subscribers" in sys.modules, node.dead.total, len(node2.dead.nodes), node.statuses >= 0, len(m) > 0)
 '''
 
 
 def test_chain_node_runs_without_the_generic_codec(micropython, tmp_path):
     # a durable chain node that boots, samples, answers ENUMERATE, dead-letters its own
     # and a forwarded event, persists them and reboots never imports protocol.cbor or
-    # protocol.messages (~50 KB of RAM on a board)
+    # protocol.messages (~50 KB of RAM on a board), nor the UDP node (firmware.node and
+    # its subscriber table: ~8 KB)
     script = tmp_path / "chain_mem.py"
     script.write_text(HAL + CHAIN_SCRIPT)
     proc = subprocess.run([micropython, "-X", "heapsize=512K", str(script), str(ROOT)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.split()[-7:] == ["loaded", "False", "False", "2", "2", "True", "True"], proc.stdout
+    assert proc.stdout.split()[-9:] == ["loaded", "False", "False", "False", "False", "2", "2", "True",
+                                        "True"], proc.stdout

@@ -1,4 +1,4 @@
-# The node runtime on a board HAL: firmware/node.py main() / make_hal / Node.boot and
+# The node runtime on a board HAL: firmware/core.py main() / make_hal, firmware/node.py Node.boot and
 # Node.run with hal_esp32 / hal_pico against the fake board modules of
 # tests/board_fakes/ (machine, network, esp32, rp2, ntptime, a fake clock and sockets).
 # Covers what main.py does on a board: the HAL chosen by platform, board sensor kinds
@@ -24,6 +24,7 @@ board_fakes.install("esp32")   # the HALs import machine at module level
 from protocol import messages, codes   # noqa: E402
 from firmware import config, sensors   # noqa: E402
 from firmware import hal_esp32, hal_pico, hal_unix, board_sleep   # noqa: E402
+from firmware import core   # noqa: E402
 from firmware import node as node_mod   # noqa: E402
 
 BASE = ("192.168.4.2", 5684)
@@ -38,21 +39,21 @@ def _flash(node_json=None):
 
 def _esp(flash, chip="ESP32"):
     clk = board_fakes.install("esp32", chip=chip)
-    hal = node_mod.make_hal(flash, platform="esp32", quiet=True, clock=clk, sockets=net,
+    hal = core.make_hal(flash, platform="esp32", quiet=True, clock=clk, sockets=net,
                             poller=net.Poll(), machine_name="Generic ESP32 module with " + chip)
     return hal, clk
 
 
 def _pico(flash, name=PICO_W):
     clk = board_fakes.install("rp2")
-    hal = node_mod.make_hal(flash, platform="rp2", quiet=True, clock=clk, sockets=net,
+    hal = core.make_hal(flash, platform="rp2", quiet=True, clock=clk, sockets=net,
                             poller=net.Poll(), machine_name=name)
     return hal, clk
 
 
 def _again(old, clk):
     # main.py runs again after a reset or wake: a new HAL on the same flash
-    return node_mod.make_hal(old.flash_dir, platform="esp32" if old.board == "esp32" else "rp2",
+    return core.make_hal(old.flash_dir, platform="esp32" if old.board == "esp32" else "rp2",
                              quiet=True, clock=clk, sockets=net, poller=net.Poll(),
                              machine_name=old.machine_name)
 
@@ -89,7 +90,7 @@ def _sent(kind):
 def _main(hal):
     saved = _kinds_saved()
     try:
-        return node_mod.main(hal=hal)
+        return core.main(hal=hal)
     finally:
         _kinds_restore(saved)
 
@@ -105,10 +106,10 @@ def test_make_hal_picks_the_board_hal_by_platform():
     hal, _ = _pico(_flash(), PICO)
     assert hal.board == "pico" and not hal.has_wifi
     for plat in ("linux", "darwin"):
-        u = node_mod.make_hal(_flash(), platform=plat)
+        u = core.make_hal(_flash(), platform=plat)
         assert type(u) is hal_unix.UnixHal
         u.feed()                                      # the loop hook exists, does nothing
-    assert node_mod.make_hal(platform="esp32", quiet=True, clock=board_fakes.install("esp32"),
+    assert core.make_hal(platform="esp32", quiet=True, clock=board_fakes.install("esp32"),
                              sockets=net, poller=net.Poll(), machine_name="x").flash_dir == "/"
 
 
@@ -333,7 +334,7 @@ def test_chain_node_on_a_board_samples_board_sensors_and_takes_the_ntp_clock():
     hal, clk = _esp(flash)
     saved = _kinds_saved()
     try:
-        cfg = node_mod.load_config(hal)            # registers mcu_temp first
+        cfg = core.load_config(hal)            # registers mcu_temp first
         network.ap_down()
         hal.begin(cfg)
         node = chain.ChainNode(cfg, hal)
@@ -403,6 +404,6 @@ def test_unix_node_ignores_deep_sleep_and_runs_on():
                     "sensors": [{"topic": "c", "kind": "counter", "period_ms": 10}],
                     "deep_sleep": {"awake_ms": 100, "sleep_ms": 60000}})
     hal = hal_unix.UnixHal(flash, quiet=True)
-    assert node_mod.main(hal=hal) == 0
+    assert core.main(hal=hal) == 0
     with open(flash + "/counters.json") as f:
         assert json.loads(f.read())["report"]["published"] == 3
