@@ -460,6 +460,7 @@ class ChainModel:
         self.ev_bytes = 0
         self.ev_n = 0
         self.lat: list[tuple[int, float]] = []
+        self.lat_from_ms = 0.0     # latencies of events published from then on (as mp's)
         self.saturate = True
         self.rate = 0.0
         self._next_pub = 0.0
@@ -478,7 +479,8 @@ class ChainModel:
                 self.ev_bytes += len(m)
                 if not self.saturate:
                     ev = messages.decode(m)
-                    self.lat.append((ev.node, self.now * 1000 - ev.t))
+                    if ev.t >= self.lat_from_ms:
+                        self.lat.append((ev.node, self.now * 1000 - ev.t))
 
     def _fill(self, n: _MNode, limit: int = 0) -> int:
         # offer messages, forwarded and own in turn; limit > 0 (small frames): about
@@ -581,7 +583,10 @@ class ChainModel:
             self.step()
 
     def all_up(self) -> bool:
-        return self.base.up and all(n.up.up for n in self.nodes)
+        # every link, both ends: a middle node's down link can still be shaking hands
+        # when the node below already counts its up link as up
+        return self.base.up and all(n.up.up and (n.down is None or n.down.up)
+                                    for n in self.nodes)
 
 
 def model_throughput(k: int, baud: int, window: int, ber: float, *, max_payload: int,
@@ -629,7 +634,9 @@ def model_latency(k: int, baud: int, window: int, ber: float, *, max_payload: in
     while not m.all_up() and m.now < 30:
         m.run(0.05)
     m.run(0.5)
+    # events published before now (a backlog from while the links came up) do not count
     m.lat = []
+    m.lat_from_ms = m.now * 1000
     m.run(seconds)
     return latency_summary(m.lat, k, baud, max_payload)
 
