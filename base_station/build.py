@@ -345,11 +345,13 @@ def _check_key(key: Any) -> None:
 
 
 def _board_kinds(board: Board) -> dict[str, Any]:
-    """The sensor kinds a board's HAL adds at boot (KINDS of firmware/hal_board.py, read
-    from the source: that module imports `machine`, which the host lacks)."""
+    """The sensor kinds a board's HAL adds at boot (KINDS of firmware/board_setup.py,
+    which the board HAL imports at boot; read from the source: it imports `machine`,
+    which the host lacks)."""
     import ast
     kinds: dict[str, Any] = {}
-    for hal in board.hals:
+    modules = board.hals + (("board_setup",) if "hal_board" in board.hals else ())
+    for hal in modules:
         try:
             tree = ast.parse((ROOT / "firmware" / (hal + ".py")).read_text(encoding="utf-8"))
         except (OSError, SyntaxError):

@@ -203,6 +203,7 @@ def ram(board="unix", tests=None, rom=False):
     prev = now
     node = node_mod.Node(cfg, hal)
     node.boot(0 if board == "unix" else None)
+    core.boot_done()          # as main() does: boot-only modules dropped
     now = yield
     out["node_boot"] = now - prev
     for i in range(50):      # a few steps: buffers reach their working size
@@ -225,6 +226,7 @@ def ram(board="unix", tests=None, rom=False):
     out["from"] = sys.modules["firmware.node"].__file__
     out["cbor_loaded"] = "protocol.cbor" in sys.modules
     if board != "unix":
+        out["board_setup_dropped"] = "firmware.board_setup" not in sys.modules
         out["link_up"] = hal.link_up()
         out["time_base"] = node.time_base is not None
     return out
@@ -266,6 +268,7 @@ def ram_chain(rom=False, durable=False):
     from firmware.chain import ChainNode
     node = ChainNode(cfg, hal)
     node.boot(0)
+    core.boot_done()
     now = yield
     out["node_boot"] = now - prev
     for i in range(50):

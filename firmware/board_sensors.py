@@ -1,5 +1,6 @@
-# Board sensors of the board HALs (firmware/hal_board.py make_sensor()), in their own
-# module: only a node whose node.json names a board kind (hal_board.KINDS) imports it.
+# Board sensors of the board HALs (firmware/board_setup.py make_sensor()), in their own
+# module: only a node whose node.json names a board kind (board_setup.py KINDS)
+# imports it.
 import machine
 
 from firmware import sensors

@@ -968,6 +968,7 @@ def main(flash_dir=None, hal=None, stdin_control=False, cfg=None):
     try:
         try:
             node.boot()
+            core.boot_done()
             node.run()
         except KeyboardInterrupt:
             pass

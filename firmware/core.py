@@ -150,7 +150,7 @@ def _forget(name):
     if pkg is not None:
         try:
             delattr(pkg, name[dot + 1:])
-        except (AttributeError, TypeError):
+        except (AttributeError, KeyError, TypeError):   # MicroPython: KeyError if absent
             pass
 
 
@@ -170,6 +170,14 @@ def load_config(hal, name="node.json"):
         if sys.implementation.name == "micropython":
             _forget("firmware.config")
             _forget("protocol.codes")   # only config needed it
+
+
+def boot_done():
+    # Once the node has booted: drop what only boot needed (MicroPython; on a board
+    # without ROMFS its bytecode would stay in RAM). A later call of one of the board
+    # HAL's boot methods imports it again.
+    if sys.implementation.name == "micropython":
+        _forget("firmware.board_setup")
 
 
 def stop_on_sigterm():

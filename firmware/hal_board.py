@@ -8,7 +8,7 @@
 # uart_open(spec) returning a UART with the interface of firmware/uart_unix.py
 # (read_into / any / write / stream / close), watched by wait_readable().
 #
-# What boards add (firmware/node.py main(), Node.boot and Node.run use these; see
+# What boards add (firmware/core.py main(), Node.boot and Node.run use these; see
 # docs/BOARDS.md "What /main.py does on a board"):
 #   register_kinds()               before node.json is checked: the board sensor kinds
 #   begin(cfg, watchdog_ms=None)   after node.json is loaded: watchdog, Wi-Fi (waits
@@ -29,8 +29,8 @@
 #                                  firmware/uart_unix.py) for node.json uart.up /
 #                                  uart.down; wait_readable() wakes when it has data
 #   watch(stream)                  wait_readable() also wakes when `stream` is readable
-#   make_sensors(specs, id, f32)   board sensor kinds (KINDS below) beside the
-#                                  synthetic ones of firmware/sensors.py
+#   make_sensors(specs, id, f32)   board sensor kinds (firmware/board_setup.py KINDS)
+#                                  beside the synthetic ones of firmware/sensors.py
 #   stats()                        the HAL's counters as a dict
 #
 # Theory of operation
@@ -76,6 +76,9 @@
 # use, so the others do not keep its code in RAM: firmware/board_sleep.py (Resume,
 # the deep-sleep record), firmware/board_uart.py (BoardUart, serial chain),
 # firmware/board_sensors.py (BoardSensor and the SHT3x reader, board sensor kinds).
+# What only boot needs (register_kinds, begin, uart_open, make_sensors, resume: the
+# methods here import it) is firmware/board_setup.py, which firmware.core drops once
+# the node has booted.
 #
 # Memory: wall_ms uses bigints (ms timestamps do not fit 31-bit small ints), once per
 # call. The hot path (udp_send) allocates nothing of its own.
@@ -83,8 +86,6 @@ import sys
 import select
 
 import machine
-
-from firmware import sensors
 
 try:
     import errno
@@ -100,7 +101,6 @@ except ImportError:  # CPython
 
 _MAX_DATAGRAM = const(1500)
 _EPOCH_2000_MS = 946684800000       # 2000-01-01 minus 1970-01-01 in ms (a bigint on boards)
-_WIFI_WAIT_MS = const(15000)        # begin(): longest wait for the first association
 _WIFI_TIMEOUT_MS = const(15000)     # one join attempt (DHCP included) before giving up
 _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(60000)
@@ -109,29 +109,7 @@ _NTP_EVERY_MS = const(43200000)     # re-sync every 12 h (the RTC drifts ~1 s/da
 _NTP_RETRY_MS = const(60000)        # after a failed sync, doubling up to 1 h
 _NTP_RETRY_MAX_MS = const(3600000)
 _RESOLVE_RETRY_MS = const(10000)    # a _Pending address: DNS at most this often
-_UART_RXBUF = const(2048)           # default 256 overflows in 20 ms at 115200 baud
-_UART_RXBUF_MIN = const(1024)
-_UART_TXBUF = const(1024)           # a whole frame fits: write() rarely waits
 _LOG_FIRST = const(3)               # errors: log the first few, then every 100th
-
-# Board sensor kinds: parameters and defaults, in the format of firmware/sensors.py
-# KINDS (firmware/config.py checks node.json against them once register_kinds() has
-# merged them there; firmware.node.load_config() does that before loading). Values are integers: mcu_temp in 0.01 degC, adc in mV, sht3x in
-# 0.01 degC / 0.01 %RH ({"t": .., "rh": ..} for measure "both"). A failed read
-# publishes null and is counted in the sensor's `errors`.
-KINDS = {
-    "mcu_temp": {},
-    "adc": {"pin": -1, "samples": 1},
-    "sht3x": {"i2c": 0, "scl": -1, "sda": -1, "address": 0x44, "freq": 100000,
-              "measure": "both"},
-}
-
-
-def register_kinds():
-    # let firmware/config.py accept the board kinds (call before config.load)
-    for k in KINDS:
-        sensors.KINDS[k] = KINDS[k]
-
 
 def _get(cfg, key, default):
     # a node.json object (dict) or a config object with attributes
@@ -324,65 +302,13 @@ class BoardHal:
     # --- setup after node.json is known ----------------------------------------------
     def register_kinds(self):
         # before node.json is checked: firmware/config.py accepts the board kinds
-        register_kinds()
+        from firmware import board_setup
+        board_setup.register_kinds()
 
     def begin(self, cfg, watchdog_ms=None):
-        # Start the watchdog and Wi-Fi as cfg (firmware.config.Config) says. Waits up
-        # to wifi_wait_ms (15 s) for the first association, feeding the watchdog;
-        # without it the node starts anyway and feed() keeps trying.
-        if watchdog_ms is None:
-            watchdog_ms = _get(cfg, "watchdog_ms", 0) or 0
-        if watchdog_ms:
-            self.start_watchdog(watchdog_ms)
-        ssid = _get(cfg, "wifi_ssid", "")
-        if not ssid:
-            return
-        if not self.has_wifi:
-            self.log("wifi: %r configured but this %s has no radio" % (ssid, self.board))
-            return
-        import network
-        self._set_country(network, _get(cfg, "wifi_country", ""))
-        try:
-            network.hostname("starling-%d" % _get(cfg, "node", 0))  # DHCP name, >= 1.20
-        except (AttributeError, OSError, ValueError):
-            pass
-        wlan = network.WLAN(network.STA_IF)
-        wlan.active(True)
-        self._wifi = Wifi(self, network, wlan, ssid, _get(cfg, "wifi_password", ""),
-                          _get(cfg, "wifi_timeout_ms", _WIFI_TIMEOUT_MS))
-        self._ntp_on = _get(cfg, "ntp", True)
-        self._ntp_host = _get(cfg, "ntp_host", None)
-        self.log("wifi: joining %r" % ssid)
-        self.wait_link(_get(cfg, "wifi_wait_ms", _WIFI_WAIT_MS))
-
-    def start_watchdog(self, ms):
-        # machine.WDT within this port's bounds; cannot be stopped afterwards
-        lo = self.WDT_MIN_MS
-        hi = self.WDT_MAX_MS
-        if ms < lo or (hi and ms > hi):
-            want = ms
-            ms = lo if ms < lo else hi
-            self.log("watchdog: %d ms is outside %d..%s on %s: using %d" % (
-                want, lo, hi or "any", self.board, ms))
-        self._wdt = machine.WDT(timeout=ms)
-        self.wdt_ms = ms
-        # feed at least twice per period from wait_readable()
-        if ms // 2 < self._slice_ms:
-            self._slice_ms = ms // 2 if ms >= 2 else 1
-        return ms
-
-    def wait_link(self, timeout_ms):
-        # block (feeding the watchdog) until Wi-Fi is up or timeout_ms passed
-        clock = self._clock
-        start = clock.ticks_ms()
-        while not self.link_up():
-            if clock.ticks_diff(clock.ticks_ms(), start) >= timeout_ms:
-                self.log("wifi: not up after %d ms: sampling anyway, sends fail until it is"
-                         % timeout_ms)
-                return False
-            clock.sleep_ms(100)
-            self.feed()
-        return True
+        # watchdog, Wi-Fi (waits for the first association), NTP: firmware/board_setup.py
+        from firmware import board_setup
+        board_setup.begin(self, cfg, watchdog_ms)
 
     # --- the loop ----------------------------------------------------------------------
     def feed(self):
@@ -583,87 +509,23 @@ class BoardHal:
 
     # --- UART for the serial chain ---------------------------------------------------------
     def uart_open(self, spec):
-        # A BoardUart for one chain link: 8N1, non-blocking reads (timeout=0), watched
-        # by wait_readable(). spec: a checked uart.up / uart.down dict of node.json
-        # {"id", "tx", "rx", "baud" [115200], "rxbuf" [2048, raised to at least
-        # 1024], "txbuf" [1024]} ("path" is the unix port's and ignored here).
-        # Raises ValueError naming the bad field (ESP32: UART0 is the REPL; RP2: pins
-        # fixed by the pin mux).
-        uid = _get(spec, "id", -1)
-        tx = _get(spec, "tx", -1)
-        rx = _get(spec, "rx", -1)
-        baud = _get(spec, "baud", 115200) or 115200
-        rxbuf = _get(spec, "rxbuf", _UART_RXBUF) or _UART_RXBUF
-        if rxbuf < _UART_RXBUF_MIN:
-            rxbuf = _UART_RXBUF_MIN
-        txbuf = _get(spec, "txbuf", _UART_TXBUF) or _UART_TXBUF
-        self._check_uart(uid, tx, rx)
-        if not 1200 <= baud <= 5000000:
-            raise ValueError("uart.baud: expected 1200..5000000, got %r" % (baud,))
-        u = machine.UART(uid, baud, bits=8, parity=None, stop=1, tx=machine.Pin(tx),
-                         rx=machine.Pin(rx), rxbuf=rxbuf, txbuf=txbuf, timeout=0)
-        from firmware.board_uart import BoardUart
-        bu = BoardUart(u, uid, baud, rxbuf, self.sleep_ms)
-        self._uarts.append(bu)
-        self.watch(u)
-        return bu
+        # a BoardUart for node.json uart.up / uart.down: firmware/board_setup.py
+        from firmware import board_setup
+        return board_setup.uart_open(self, spec)
 
     # --- board sensors ---------------------------------------------------------------------
-    def make_sensor(self, spec, node_id, index):
-        # a BoardSensor for a checked spec of one of KINDS; ValueError for bad params
-        kind = spec["kind"]
-        if kind == "mcu_temp":
-            read = self._mcu_temp_reader()
-        elif kind == "adc":
-            samples = spec.get("samples", 1)
-            if not 1 <= samples <= 64:   # 64 * 3.3e6 uV stays below 2^30
-                raise ValueError("sensor %s: samples must be 1..64" % spec["topic"])
-            read = self._adc_reader(spec.get("pin", -1), samples)
-        elif kind == "sht3x":
-            from firmware.board_sensors import sht3x_reader
-            read = sht3x_reader(spec, self.sleep_ms)
-        else:
-            raise ValueError("sensor kind %r is not a board kind" % (kind,))
-        from firmware.board_sensors import BoardSensor
-        return BoardSensor(self, spec, node_id, index, read)
-
     def make_sensors(self, specs, node_id, f32=False):
-        # node.sensors for a checked node.json: board kinds here, the rest synthetic
-        out = []
-        for i in range(len(specs)):
-            spec = specs[i]
-            if spec["kind"] in KINDS:
-                out.append(self.make_sensor(spec, node_id, i))
-            else:
-                out.append(sensors.Sensor(spec, node_id, i, f32))
-        return out
+        # node.sensors for a checked node.json: firmware/board_setup.py
+        from firmware import board_setup
+        return board_setup.make_sensors(self, specs, node_id, f32)
 
     # --- deep sleep -------------------------------------------------------------------------
     def resume(self):
-        # Once at boot, before the epoch file: the Resume saved by deep_sleep() if this
-        # boot is a wake from it, else None (new epoch). The record is cleared either
-        # way, so a later reset cannot resume it twice.
+        # at boot: the deep-sleep Resume or None (firmware/board_setup.py)
         if self._resume_done:
             return self._resumed
-        self._resume_done = True
-        r = None
-        if self._woke_from_deep_sleep():
-            from firmware.board_sleep import Resume
-            r = Resume.unpack(self._rtc_load())
-            if r is None:
-                self.log("deep-sleep wake without a valid resume record: new epoch")
-        self._rtc_clear()
-        if r is not None:
-            if r.wall_ok and self._rtc_keeps_time():
-                self._wall_ok = True   # the node corrects its uptime from the clock
-            else:
-                # no clock ran through the sleep: ticks restarted at the reset, so what
-                # they count now (boot, Wi-Fi join) is uptime the record cannot hold
-                r.uptime += self.ticks_ms()
-            self.log("resumed from deep sleep: epoch %d, next seq %d, uptime %d ms" % (
-                r.epoch, r.next_seq, r.uptime))
-        self._resumed = r
-        return r
+        from firmware import board_setup
+        return board_setup.resume(self)
 
     def deep_sleep(self, ms, node):
         # Save the node's state (see Resume) and power down for ms. On a board this

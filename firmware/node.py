@@ -479,6 +479,7 @@ def main(flash_dir=None, hal=None, stdin_control=False, cfg=None):
     try:
         try:
             node.boot()
+            core.boot_done()
             if sleep is None:
                 node.run()
             else:

@@ -19,7 +19,7 @@ board_fakes.install("esp32")   # the HALs import machine at module level
 
 from protocol import messages   # noqa: E402
 from firmware import config, sensors   # noqa: E402
-from firmware import hal_board, hal_esp32, hal_pico, board_sleep, board_sensors   # noqa: E402
+from firmware import hal_board, hal_esp32, hal_pico, board_setup, board_sleep, board_sensors   # noqa: E402
 from firmware.fake_i2c import FakeI2C, FakeSHT3x   # noqa: E402
 from firmware.node import Node   # noqa: E402
 from board_fakes.clock import FakeClock   # noqa: E402
@@ -277,8 +277,8 @@ def test_static_base_by_name_resolves_once_the_link_is_up():
 
 def _spec(kind, **params):
     d = {"topic": "t/" + kind, "kind": kind, "period_ms": 1000}
-    for k in hal_board.KINDS[kind]:
-        d[k] = hal_board.KINDS[kind][k]
+    for k in board_setup.KINDS[kind]:
+        d[k] = board_setup.KINDS[kind][k]
     for k in params:
         d[k] = params[k]
     return d
@@ -286,12 +286,12 @@ def _spec(kind, **params):
 
 def test_esp32_mcu_temp_both_chip_families():
     hal, _ = _esp("ESP32S3")
-    s = hal.make_sensor(_spec("mcu_temp"), 7, 0)
+    s = board_setup.make_sensor(hal, _spec("mcu_temp"), 7, 0)
     assert s.sample() == 4125                         # 41.25 degC from mcu_temperature()
     fake_esp32.temp_c = -3.5
     assert s.sample() == -350
     hal, _ = _esp("ESP32")                            # original chip: Fahrenheit
-    s = hal.make_sensor(_spec("mcu_temp"), 7, 0)
+    s = board_setup.make_sensor(hal, _spec("mcu_temp"), 7, 0)
     assert s.sample() == 5333                         # 128 F = 53.33 degC
     fake_esp32.temp_f = 32
     assert s.sample() == 0
@@ -302,7 +302,7 @@ def test_esp32_mcu_temp_both_chip_families():
 
 def test_esp32_adc_reads_microvolts_as_integer_millivolts():
     hal, _ = _esp()
-    s = hal.make_sensor(_spec("adc", pin=34, samples=4), 7, 0)
+    s = board_setup.make_sensor(hal, _spec("adc", pin=34, samples=4), 7, 0)
     adc = machine.adcs[-1]
     assert adc.atten == machine.ADC.ATTN_11DB
     machine.adc_values[34] = 1234567
@@ -310,13 +310,13 @@ def test_esp32_adc_reads_microvolts_as_integer_millivolts():
     machine.adc_values[34] = 1234499
     assert s.sample() == 1234
     try:
-        hal.make_sensor(_spec("adc", pin=5), 7, 0)
+        board_setup.make_sensor(hal, _spec("adc", pin=5), 7, 0)
         assert False, "GPIO 5 has no ADC"
     except ValueError:
         pass
     hal._wifi_cfg = True                               # begin() with an ssid sets this
     try:
-        hal.make_sensor(_spec("adc", pin=25), 7, 0)
+        board_setup.make_sensor(hal, _spec("adc", pin=25), 7, 0)
         assert False, "ADC2 with Wi-Fi"
     except ValueError as e:
         assert "ADC2" in str(e)
@@ -340,7 +340,7 @@ def test_pico_temperature_integer_math_matches_the_datasheet():
         assert -1 <= e <= 1                            # the +-0.01 degC of the brief
     assert 2699 <= hal_pico.temp_centi(14020) <= 2702  # 0.706 V reads 27 degC
     hal, _ = _pico()
-    s = hal.make_sensor(_spec("mcu_temp"), 7, 0)
+    s = board_setup.make_sensor(hal, _spec("mcu_temp"), 7, 0)
     machine.adc_values[4] = 13000
     assert s.sample() == hal_pico.temp_centi(13000) == 5686   # 0.6546 V: 56.86 degC
     assert machine.adcs[-1].key == 4 and machine.adcs[-1].reads == 8
@@ -348,17 +348,17 @@ def test_pico_temperature_integer_math_matches_the_datasheet():
 
 def test_pico_adc_millivolts_on_gp26_to_gp28():
     hal, _ = _pico(PICO)
-    s = hal.make_sensor(_spec("adc", pin=26), 7, 0)
+    s = board_setup.make_sensor(hal, _spec("adc", pin=26), 7, 0)
     machine.adc_values[0] = 32768
     assert s.sample() == 1650
     machine.adc_values[0] = 65535
     assert s.sample() == 3300
-    s2 = hal.make_sensor(_spec("adc", pin=28, samples=2), 7, 1)
+    s2 = board_setup.make_sensor(hal, _spec("adc", pin=28, samples=2), 7, 1)
     machine.adc_values[2] = 1
     assert s2.sample() == 0
     for bad in (29, 25, -1):
         try:
-            hal.make_sensor(_spec("adc", pin=bad), 7, 0)
+            board_setup.make_sensor(hal, _spec("adc", pin=bad), 7, 0)
             assert False, bad
         except ValueError:
             pass
@@ -369,11 +369,11 @@ def test_sht3x_kind_and_read_errors_publish_null():
     bus = FakeI2C(nak_errno=19)
     bus.attach(FakeSHT3x(21.5, 40.0, clock=lambda: clk.ms))
     machine.i2c_bus = bus
-    s = hal.make_sensor(_spec("sht3x", scl=22, sda=21), 7, 0)
+    s = board_setup.make_sensor(hal, _spec("sht3x", scl=22, sda=21), 7, 0)
     assert machine.i2cs[-1].scl.id == 22 and machine.i2cs[-1].freq == 100000
     v = s.sample()
     assert v == {"t": 2150, "rh": 4000}
-    t_only = hal.make_sensor(_spec("sht3x", measure="t"), 7, 1)
+    t_only = board_setup.make_sensor(hal, _spec("sht3x", measure="t"), 7, 1)
     assert t_only.sample() == 2150
     machine.i2c_bus = FakeI2C(nak_errno=19)           # sensor unplugged
     assert s.sample() is None and s.errors == 1 and s.n == 2
@@ -382,7 +382,7 @@ def test_sht3x_kind_and_read_errors_publish_null():
 def test_board_kinds_join_the_config_and_the_synthetic_ones():
     saved = dict(sensors.KINDS)
     try:
-        hal_board.register_kinds()
+        board_setup.register_kinds()
         cfg = config.from_dict({"node": 3, "bases": [list(BASE)], "sensors": [
             {"topic": "cpu", "kind": "mcu_temp", "period_ms": 5000},
             {"topic": "bat", "kind": "adc", "pin": 35},
@@ -525,7 +525,7 @@ def test_pico_deep_sleep_token_in_watchdog_scratch_and_flash_record():
 
 def test_pico_deep_sleep_is_cut_to_the_running_watchdog():
     hal, clk = _pico(PICO)
-    assert hal.start_watchdog(8000) == 8000
+    assert board_setup.start_watchdog(hal, 8000) == 8000
     node = Node(_node_cfg(), hal)
     node.uptime = 1000
     assert _sleep(hal, node, 60000)
@@ -540,7 +540,7 @@ def test_pico_deep_sleep_is_cut_to_the_running_watchdog():
 def test_watchdog_is_fed_through_long_waits():
     hal, clk = _esp()
     cfg = _node_cfg(period_ms=30000)                  # the node sleeps 30 s at a time
-    assert hal.start_watchdog(2000) == 2000
+    assert board_setup.start_watchdog(hal, 2000) == 2000
     hal.begin(cfg_wifi(cfg))
     node = Node(cfg, hal)
     node.boot()
@@ -552,10 +552,10 @@ def test_watchdog_is_fed_through_long_waits():
 
 def test_watchdog_bounds_per_port():
     hal, _ = _esp()
-    assert hal.start_watchdog(300) == 1000            # ESP32: whole seconds on old firmware
+    assert board_setup.start_watchdog(hal, 300) == 1000  # ESP32: whole seconds on old firmware
     assert machine.wdt.timeout == 1000
     hal, _ = _pico()
-    assert hal.start_watchdog(20000) == 8388          # RP2040 maximum
+    assert board_setup.start_watchdog(hal, 20000) == 8388  # RP2040 maximum
     assert machine.wdt.timeout == 8388
     assert hal_pico.PicoHal("/", True, FakeClock(), net, net.Poll(),
                             "Raspberry Pi Pico 2 W with RP2350").WDT_MAX_MS == 16777

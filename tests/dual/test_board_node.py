@@ -142,6 +142,17 @@ def test_main_on_esp32_begins_wifi_watchdog_ntp_and_publishes_board_sensors():
     assert "mcu_temp" not in sensors.KINDS             # _main() undid the registration
     with open(flash + "/counters.json") as f:
         assert json.loads(f.read())["report"]["published"] == 20
+    if sys.implementation.name == "micropython":   # boot-only code dropped once booted
+        assert "firmware.board_setup" not in sys.modules
+        assert "firmware.config" not in sys.modules
+
+
+def test_forgetting_a_module_that_was_never_imported_is_harmless():
+    core._forget("firmware.no_such_module")
+    core._forget("no_such_package.module")
+    core.boot_done()
+    core.boot_done()                                   # twice: nothing left to drop
+    assert "firmware.no_such_module" not in sys.modules
 
 
 def test_main_reports_bad_board_keys_without_starting_anything():
@@ -323,6 +334,8 @@ def test_serial_chain_node_gets_the_board_uarts():
     got = [(u.id, u.tx.id, u.rx.id, u.baudrate, u.rxbuf) for u in machine.uarts]
     assert got == [(0, 0, 1, 115200, 2048), (1, 4, 5, 460800, 2048)]
     assert machine.uarts[0].deinited and machine.uarts[1].deinited   # closed at the end
+    if sys.implementation.name == "micropython":   # boot-only code dropped once booted
+        assert "firmware.board_setup" not in sys.modules
 
 
 def test_chain_node_on_a_board_samples_board_sensors_and_takes_the_ntp_clock():
