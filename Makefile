@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not soak and not hardware"
 
+# typecheck: mypy over protocol/ and firmware/ against the boards' MicroPython stubs
+# and CPython's typeshed, and over base_station/, sim/ and bench/ (also part of `test`)
+typecheck: $(STAMP)
+	$(PY) -m pytest -q tests/test_build_checks.py -k typecheck
+
 soak: $(STAMP)
 	$(PY) -m pytest -q -m soak
 

@@ -8,13 +8,16 @@ file, run as a script with nothing but the standard library) does the system cal
 and the station's process decodes, like a broker's I/O thread would, but without
 sharing a GIL:
 
-    kernel socket buffer -> reader process: recvmsg_into, many datagrams per wake-up
+    kernel socket buffer -> reader process: recvfrom_into (or recvmsg_into, see
+                            below), many datagrams per wake-up
                          -> pipe: records, one write per wake-up (up to CHUNK bytes)
                          -> station process: one read per CHUNK, ingest(data, addr)
 
 The station opens and binds the socket (bind errors surface there, and it reads the
 kernel's drop count from /proc/net/udp by the socket's inode as before) and passes
-the descriptor to the reader. Nothing is lost between the two: the pipe does not
+the descriptor to the reader. When /proc/net/udp has the socket (DROPS "proc") the
+reader uses recvfrom_into, ~0.6 µs per datagram cheaper than recvmsg_into with
+ancillary data; else ("ovfl") recvmsg_into, passing on the SO_RXQ_OVFL drop count. Nothing is lost between the two: the pipe does not
 drop, and when it is full the reader waits, so the kernel socket buffer fills and
 drops what it must, counted as kernel drops as without a reader process.
 
@@ -132,14 +135,18 @@ def parse_address(text: bytes) -> tuple:
     return (parts[0],) + tuple(int(x) for x in parts[1:])
 
 
-def serve(sock_fd: int, pipe_fd: int, burst: int) -> int:
-    """The reader process: socket -> records -> pipe until stdin closes."""
+def serve(sock_fd: int, pipe_fd: int, burst: int, ancillary: bool = True) -> int:
+    """The reader process: socket -> records -> pipe until stdin closes.
+
+    ancillary: read SO_RXQ_OVFL drop counts (recvmsg_into) and pass them on; False
+    when the station reads them from /proc (recvfrom_into, cheaper)."""
     sock = socket.socket(fileno=sock_fd)
     sock.setblocking(False)
-    anc_size = socket.CMSG_SPACE(4)
+    anc_size = socket.CMSG_SPACE(4) if ancillary else 0
     buf = bytearray(CHUNK + READ_SIZE + 1024)
     mv = memoryview(buf)
     recv_into = sock.recvmsg_into
+    recvfrom_into = sock.recvfrom_into
     pack_into = HEAD.pack_into
     ids: dict[tuple, int] = {}
     drops = errors = 0
@@ -163,7 +170,12 @@ def serve(sock_fd: int, pipe_fd: int, burst: int) -> int:
             err_before = errors
             while n < burst and off < CHUNK:
                 try:
-                    nbytes, anc, _flags, addr = recv_into([mv[off + 4:off + 4 + READ_SIZE]], anc_size)
+                    if anc_size:
+                        nbytes, anc, _flags, addr = recv_into([mv[off + 4:off + 4 + READ_SIZE]],
+                                                              anc_size)
+                    else:
+                        nbytes, addr = recvfrom_into(mv[off + 4:off + 4 + READ_SIZE])
+                        anc = None
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError:
@@ -213,14 +225,15 @@ def serve(sock_fd: int, pipe_fd: int, burst: int) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
-        sys.stderr.write("usage: udp_reader.py SOCKET_FD PIPE_FD BURST (started by the base station)\n")
+    if len(argv) not in (3, 4) or (len(argv) == 4 and argv[3] not in ("ovfl", "proc")):
+        sys.stderr.write("usage: udp_reader.py SOCKET_FD PIPE_FD BURST [ovfl|proc]"
+                         " (started by the base station)\n")
         return 2
     import signal
     # Ctrl-C in a terminal reaches the whole process group: the station stops the
     # reader itself (stdin), after reading what is in flight
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return serve(int(argv[0]), int(argv[1]), int(argv[2]))
+    return serve(int(argv[0]), int(argv[1]), int(argv[2]), argv[3:] != ["proc"])
 
 
 if __name__ == "__main__":

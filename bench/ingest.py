@@ -294,8 +294,10 @@ def sender_main(system: str, payload: str, port: int) -> None:
 
 # -- receiver processes ---------------------------------------------------------------------
 
-def _proc_cpu(pid: int) -> float:
+def _proc_cpu(pid: int | None) -> float:
     """utime + stime of a process in seconds (/proc/PID/stat), 0 if it is gone."""
+    if pid is None:
+        return 0.0
     try:
         with open("/proc/%d/stat" % pid) as f:
             fields = f.read().rsplit(")", 1)[1].split()

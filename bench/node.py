@@ -208,8 +208,8 @@ def micropython_side(tmp: Path, rounds: int) -> dict:
     # from the bundle's romfs.img mounted at /rom; 64-bit (unix) and 32-bit (wasm)
     esp32 = build(tmp, "esp32")
     tests = str(ROOT / "tests")
-    runs = {"ram": [bundle], "ram_rom": [bundle], "ram_esp32": [esp32, tests],
-            "ram_esp32_rom": [esp32, tests]}
+    runs: dict[str, list[Any]] = {"ram": [bundle], "ram_rom": [bundle],
+                                  "ram_esp32": [esp32, tests], "ram_esp32_rom": [esp32, tests]}
     for mode, args in runs.items():
         out[mode + "_64"] = run_unix([mode] + [str(a) for a in args])
     for mode, args in runs.items():

@@ -1,5 +1,6 @@
 """Every file that runs on a board must compile with mpy-cross and type-check against
-the MicroPython stubs of the boards we ship to (and CPython's typeshed for protocol/)."""
+the MicroPython stubs of the boards we ship to (and CPython's typeshed for protocol/);
+the host code (base_station/, sim/, bench/) type-checks against CPython's typeshed."""
 
 import subprocess
 import sys
@@ -71,3 +72,14 @@ def test_protocol_typechecks_against_cpython_typeshed(tmp_path):
     proc = _mypy(tmp_path, files, None)
     assert not _our_errors(proc), "\n".join(_our_errors(proc))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_host_code_typechecks(tmp_path):
+    # the base station, simulator and benchmarks (CPython only) against CPython's
+    # typeshed; firmware they import is checked above, against the boards' stubs
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--ignore-missing-imports", "--follow-imports=silent",
+         "--cache-dir", str(tmp_path / "cache"), "base_station", "sim", "bench"],
+        capture_output=True, text=True, cwd=str(ROOT),
+    )
+    assert proc.returncode == 0 and "Success" in proc.stdout, proc.stdout + proc.stderr
