@@ -23,6 +23,7 @@ import time
 from typing import Any, Callable
 
 from protocol import codes
+from base_station.argtypes import int_range, non_negative, positive
 from base_station.listener import RCVBUF
 
 log = logging.getLogger("starling.cli")
@@ -58,16 +59,6 @@ def _hostport(default_host: str, default_port: int) -> Callable[[str], tuple[str
     return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n <= 0:
-        raise argparse.ArgumentTypeError("expected a positive integer, got %r" % text)
-    return n
-
-
 def _serial_port(text: str) -> tuple[str, int]:
     from base_station.serial_head import parse_port
     try:
@@ -97,13 +88,13 @@ def add_station_arguments(p: argparse.ArgumentParser, udp_default: str = "0.0.0.
                         "and the first --udp port)")
     g.add_argument("--filter", action="append", metavar="F",
                    help="topic filter to subscribe to (repeatable; default '#')")
-    g.add_argument("--max-rate", type=int, default=0, metavar="N",
+    g.add_argument("--max-rate", type=int_range(0), default=0, metavar="N",
                    help="events/s per node (0: no cap); nodes count the rest as skipped")
-    g.add_argument("--lease", type=int, default=60, metavar="S",
+    g.add_argument("--lease", type=int_range(1, 86400), default=60, metavar="S",
                    help="subscription lease in seconds (re-announced every lease/3, at most 5 s apart)")
-    g.add_argument("--max-datagram", type=int, default=codes.MAX_DATAGRAM, metavar="BYTES",
+    g.add_argument("--max-datagram", type=int_range(64, 65507), default=codes.MAX_DATAGRAM, metavar="BYTES",
                    help="reject bigger datagrams as oversize (default %(default)s)")
-    g.add_argument("--rcvbuf", type=_positive_int, default=RCVBUF, metavar="BYTES",
+    g.add_argument("--rcvbuf", type=int_range(1), default=RCVBUF, metavar="BYTES",
                    help="UDP receive buffer to ask for (default %(default)s; the kernel grants "
                         "twice that, capped by net.core.rmem_max without CAP_NET_ADMIN); "
                         "high-rate stations: 33554432")
@@ -121,9 +112,9 @@ def add_station_arguments(p: argparse.ArgumentParser, udp_default: str = "0.0.0.
     o.add_argument("--csv", metavar="PATH", help="also write CSV")
     o.add_argument("--senml", metavar="PATH", help="also write SenML (.cbor: CBOR, else JSON)")
     o.add_argument("--summary-json", metavar="PATH", help="write the final summary here as JSON")
-    o.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: Ctrl-C)")
+    o.add_argument("--duration", type=non_negative, metavar="S", help="stop after S seconds (default: Ctrl-C)")
     o.add_argument("--plain", action="store_true", help="plain log lines even on a terminal")
-    o.add_argument("--every", type=float, default=5.0, metavar="S",
+    o.add_argument("--every", type=positive, default=5.0, metavar="S",
                    help="seconds between plain summary lines (default %(default)s)")
     o.add_argument("-v", "--verbose", action="count", default=0)
 
@@ -171,7 +162,8 @@ def _setup_logging(verbose: int) -> None:
 
 async def serve(station, args: argparse.Namespace, extra_task: Callable[[], Any] | None = None) -> dict:
     """Run `station` until --duration, Ctrl-C/SIGTERM, or `extra_task` finishing;
-    show the live view or plain lines; return the final summary."""
+    show the live view or plain lines; return the final summary. If `extra_task`
+    fails, the station is stopped and its exception raised here."""
     from base_station import view
 
     out = sys.stderr if args.jsonl == "-" else sys.stdout
@@ -240,6 +232,9 @@ async def serve(station, args: argparse.Namespace, extra_task: Callable[[], Any]
             except (NotImplementedError, RuntimeError):
                 pass
         await station.stop()
+    if extra is not None and extra.done() and not extra.cancelled() \
+            and extra.exception() is not None:
+        raise extra.exception()    # type: ignore[misc]
     return station.summary()
 
 

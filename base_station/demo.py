@@ -48,7 +48,8 @@ examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from base_station.cli import add_station_arguments
-    from sim.cli import add_chain_arguments
+    from base_station.argtypes import count, positive
+    from sim.cli import add_chain_arguments, add_impairment_arguments
 
     p.epilog = EXAMPLES
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -57,22 +58,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                           discovery_default="127.255.255.255:<free port>")
     p.set_defaults(duration=20.0, lease=6)   # re-announce every 2 s: rebooted nodes come back fast
     g = p.add_argument_group("fleet")
-    g.add_argument("--nodes", type=int, default=3, metavar="N", help="number of nodes (default 3)")
+    g.add_argument("--nodes", type=count, default=3, metavar="N", help="number of nodes (default 3)")
     g.add_argument("--runtime", choices=("micropython", "cpython"), default=None,
                    help="micropython: a unix-port process per node (default when installed); "
                         "cpython: in-process nodes")
-    g.add_argument("--rate", type=float, default=5.0, metavar="HZ",
+    g.add_argument("--rate", type=positive, default=5.0, metavar="HZ",
                    help="readings per second per node (default %(default)s)")
     g.add_argument("--batch-ms", type=int, default=0, metavar="MS", help="nodes send BATCHes gathered over MS")
     g.add_argument("--status-every", type=int, default=1000, metavar="MS", help="STATUS period (default 1000)")
-    g.add_argument("--reboot-every", type=float, default=None, metavar="S",
+    g.add_argument("--reboot-every", type=positive, default=None, metavar="S",
                    help="reboot a random node every S seconds")
     g.add_argument("--static", action="store_true", help="nodes send to the base as a static base (no discovery)")
-    g.add_argument("--loss", type=float, default=0.0, metavar="P")
-    g.add_argument("--dup", type=float, default=0.0, metavar="P")
-    g.add_argument("--reorder", type=float, default=0.0, metavar="P")
-    g.add_argument("--delay", type=float, default=0.0, metavar="MS")
-    g.add_argument("--jitter", type=float, default=0.0, metavar="MS")
+    add_impairment_arguments(g)
     g.add_argument("--seed", type=int, default=0, help="seeds the impairments, reboots and cuts")
     c = p.add_argument_group(
         "serial chain (instead of the UDP fleet)",
@@ -358,7 +355,11 @@ def run(args: argparse.Namespace) -> int:
             while not _statuses_final(station, result["fleet"]) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
 
-    summary = asyncio.run(serve(station, args, fleet_task))
+    try:
+        summary = asyncio.run(serve(station, args, fleet_task))
+    except (OSError, RuntimeError, ValueError) as e:     # the fleet could not run
+        print("starling demo: %s" % e, file=sys.stderr)
+        return 1
     finish(summary, args)
     out = sys.stderr if args.jsonl == "-" else sys.stdout
     if "fleet" in result:

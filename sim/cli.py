@@ -32,6 +32,7 @@ import signal
 import sys
 from typing import Any
 
+from base_station.argtypes import count, non_negative, positive, probability
 from protocol import codes
 from sim.fleet import RUNTIMES, Fleet
 
@@ -49,30 +50,25 @@ def _hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
     return (host or default_host, p)
 
 
-def _probability(text: str) -> float:
-    try:
-        p = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a probability, got {text!r}") from None
-    if not 0.0 <= p <= 1.0:
-        raise argparse.ArgumentTypeError(f"a probability is between 0 and 1, got {p}")
-    return p
-
-
-def _positive(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v}")
-    return v
+def add_impairment_arguments(i) -> None:
+    """The UDP impairment relay's options (sim.relay), into the argument group `i`
+    (`starling sim` and `starling demo`)."""
+    i.add_argument("--loss", type=probability, default=0.0, metavar="P",
+                   help="drop each EVENT/BATCH datagram with probability P")
+    i.add_argument("--dup", type=probability, default=0.0, metavar="P",
+                   help="send each one twice with probability P")
+    i.add_argument("--reorder", type=probability, default=0.0, metavar="P",
+                   help="hold each one back behind the next with probability P")
+    i.add_argument("--delay", type=non_negative, default=0.0, metavar="MS",
+                   help="fixed delay of every datagram")
+    i.add_argument("--jitter", type=non_negative, default=0.0, metavar="MS",
+                   help="extra uniform delay 0..MS")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the simulator's options to `parser` (see the module docstring)."""
     g = parser.add_argument_group("fleet")
-    g.add_argument("--nodes", type=int, default=3, metavar="N", help="number of nodes (default 3)")
+    g.add_argument("--nodes", type=count, default=3, metavar="N", help="number of nodes (default 3)")
     g.add_argument("--first-id", type=int, default=1, metavar="ID", help="id of the first node (default 1)")
     g.add_argument("--runtime", choices=RUNTIMES, default="micropython",
                    help="micropython: one unix-port process per node (default); "
@@ -82,11 +78,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "unless --discovery is given)")
     g.add_argument("--discovery", type=lambda t: _hostport(t, "127.255.255.255"), default=None,
                    metavar="HOST:PORT", help="nodes listen for ANNOUNCEs on this port")
-    g.add_argument("--rate", type=float, default=1.0, metavar="HZ", help="readings per second per node (default 1)")
-    g.add_argument("--duration", type=_positive, default=10.0, metavar="S", help="seconds to run (default 10)")
+    g.add_argument("--rate", type=positive, default=1.0, metavar="HZ", help="readings per second per node (default 1)")
+    g.add_argument("--duration", type=non_negative, default=10.0, metavar="S", help="seconds to run (default 10)")
     g.add_argument("--status-every", type=int, default=1000, metavar="MS", help="STATUS period in ms (default 1000)")
     g.add_argument("--batch-ms", type=int, default=0, metavar="MS", help="send BATCHes gathered over MS (default 0: EVENTs)")
-    g.add_argument("--reboot-every", type=_positive, default=None, metavar="S",
+    g.add_argument("--reboot-every", type=positive, default=None, metavar="S",
                    help="reboot a random node every S seconds (graceful: counts stay exact)")
     g.add_argument("--key-file", default=None, metavar="PATH",
                    help='JSON {"node_id": "hex key"}: those nodes sign their messages')
@@ -94,11 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="MicroPython heap per node (default 256K; 512K with --chain)")
     g.add_argument("--workdir", default=None, help="keep flash directories here (default: temporary, removed)")
     i = parser.add_argument_group("impairments (a relay in front of each static base)")
-    i.add_argument("--loss", type=_probability, default=0.0, metavar="P")
-    i.add_argument("--dup", type=_probability, default=0.0, metavar="P")
-    i.add_argument("--reorder", type=_probability, default=0.0, metavar="P")
-    i.add_argument("--delay", type=_positive, default=0.0, metavar="MS", help="fixed delay")
-    i.add_argument("--jitter", type=_positive, default=0.0, metavar="MS", help="extra uniform delay 0..MS")
+    add_impairment_arguments(i)
     i.add_argument("--impair-status", action="store_true", help="also drop/dup/reorder STATUS (breaks exact accounting)")
     i.add_argument("--seed", type=int, default=0, help="RNG seed for relays and reboots")
     c = add_chain_arguments(parser.add_argument_group("serial chain (instead of a UDP fleet)"))
@@ -113,14 +105,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_chain_arguments(c):
     """The chain's options (`starling sim --chain`, `starling demo --chain`), into the
     argument group `c`; returns it. chain_from_args() reads them."""
-    c.add_argument("--chain", type=int, default=None, metavar="K",
+    c.add_argument("--chain", type=count, default=None, metavar="K",
                    help="run K chain nodes on virtual UART wires (sim.chain)")
-    c.add_argument("--baud", type=int, default=115200, metavar="B", help="line rate (default 115200)")
-    c.add_argument("--ber", type=_probability, default=0.0, metavar="X", help="bit error rate per data bit")
-    c.add_argument("--drop", type=_probability, default=0.0, metavar="P", help="byte drop probability")
-    c.add_argument("--cut-every", type=_positive, default=None, metavar="S",
+    c.add_argument("--baud", type=lambda t: int(positive(t)), default=115200, metavar="B", help="line rate (default 115200)")
+    c.add_argument("--ber", type=probability, default=0.0, metavar="X", help="bit error rate per data bit")
+    c.add_argument("--drop", type=probability, default=0.0, metavar="P", help="byte drop probability")
+    c.add_argument("--cut-every", type=positive, default=None, metavar="S",
                    help="cut a random wire every S seconds")
-    c.add_argument("--cut-seconds", type=_positive, default=2.0, metavar="S", help="length of a cut (default 2)")
+    c.add_argument("--cut-seconds", type=positive, default=2.0, metavar="S", help="length of a cut (default 2)")
     c.add_argument("--durable", action=argparse.BooleanOptionalAction, default=True,
                    help="nodes keep their outbox and forward queue in a flash log (default: on)")
     return c

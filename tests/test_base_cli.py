@@ -97,6 +97,41 @@ def test_listen_bad_arguments_exit_2(tmp_path):
     assert r.returncode == 2 and "not JSON" in r.stderr
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["listen", "--every", "0"], "argument --every: expected a number > 0, got 0"),
+    (["listen", "--duration", "-1"], "argument --duration: expected a number >= 0, got -1"),
+    (["listen", "--max-datagram", "0"], "argument --max-datagram: expected 64..65507, got 0"),
+    (["listen", "--lease", "0"], "argument --lease: expected 1..86400, got 0"),
+    (["listen", "--max-rate", "-3"], "argument --max-rate: expected at least 0, got -3"),
+    (["listen", "--rcvbuf", "x"], "argument --rcvbuf: expected a whole number, got 'x'"),
+    (["demo", "--loss", "5"], "argument --loss: a probability is between 0 and 1, got 5"),
+    (["demo", "--jitter", "-1"], "argument --jitter: expected a number >= 0, got -1"),
+    (["demo", "--nodes", "0"], "argument --nodes: expected at least 1, got 0"),
+    (["demo", "--rate", "nan"], "argument --rate: expected a number, got 'nan'"),
+    (["sim", "--reboot-every", "0"], "argument --reboot-every: expected a number > 0, got 0"),
+    (["sim", "--chain", "0"], "argument --chain: expected at least 1, got 0"),
+    (["sim", "--ber", "2"], "argument --ber: a probability is between 0 and 1, got 2"),
+])
+def test_bad_numbers_are_refused_before_anything_runs(argv, message):
+    # before, `listen --every 0` printed summary lines in a busy loop and `demo --loss 5`
+    # ran its full duration after a traceback
+    r = subprocess.run([PY, "-m", "base_station.cli", *argv], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_demo_whose_fleet_cannot_start_says_why_and_fails(tmp_path):
+    # the fleet's node.json check fails inside the running demo: one line, exit 1, no
+    # summary of a run that never happened
+    r = subprocess.run([PY, "-m", "base_station.cli", "demo", "--runtime", "cpython",
+                        "--status-every", "50", "--duration", "5", "--no-db", "--plain"],
+                       capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "starling demo: node.json: status_every_ms" in r.stderr
+    assert "Traceback" not in r.stderr and "fleet vs base" not in r.stdout
+
+
 def test_lazy_subcommands(monkeypatch, capsys):
     monkeypatch.setitem(cli.LAZY_COMMANDS, "chain", ("no_such_module.cli", "serial chain head"))
     assert cli.main(["chain", "--port", "/dev/null"]) == 2
