@@ -43,6 +43,7 @@ from protocol.codes import (COUNTER_NAMES, CTR_FORWARDED, CTR_LINK_CRC, CTR_LINK
                             CTR_PUBLISHED, CTR_QUEUE)
 from protocol.messages import Status, decode as decode_message
 
+from base_station.argtypes import positive
 from base_station.serial_head import SerialHead, open_hint, parse_port
 
 ROUND_GAP = 0.3   # seconds without a new answer before asking the chain again
@@ -61,9 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--serial", required=True, type=_port_arg, metavar="PORT[@BAUD]",
                    help="the base's port to node 1 (device, symlink or pyserial URL; "
                         "baud default 115200)")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="S",
+    p.add_argument("--timeout", type=positive, default=10.0, metavar="S",
                    help="give up after S seconds (default %(default)s)")
-    p.add_argument("--settle", type=float, default=1.5, metavar="S",
+    p.add_argument("--settle", type=positive, default=1.5, metavar="S",
                    help="stop collecting once no new node answered for S seconds (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--db", metavar="PATH",

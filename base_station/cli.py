@@ -125,10 +125,17 @@ def build_station(args: argparse.Namespace, **overrides: Any):
     from base_station.station import BaseStation, load_keys
 
     keys = load_keys(args.keys) if args.keys else None
+    summary_json = getattr(args, "summary_json", None)
+    if summary_json and not os.path.isdir(os.path.dirname(os.path.abspath(summary_json))):
+        raise ValueError("--summary-json %s: no such directory" % summary_json)
     sinks: list = []
     if not args.no_db:
-        sinks.append(SQLiteSink(args.db, topic_index=True if args.topic_index else None,
-                                process=True))
+        import sqlite3
+        try:
+            sinks.append(SQLiteSink(args.db, topic_index=True if args.topic_index else None,
+                                    process=True))
+        except sqlite3.Error as e:
+            raise ValueError("--db %s: %s" % (args.db, e)) from None
     if args.jsonl:
         sinks.append(JSONLSink(args.jsonl))
     if args.csv:
@@ -238,8 +245,9 @@ async def serve(station, args: argparse.Namespace, extra_task: Callable[[], Any]
     return station.summary()
 
 
-def finish(summary: dict, args: argparse.Namespace) -> None:
-    """Final table and summary JSON."""
+def finish(summary: dict, args: argparse.Namespace) -> int:
+    """Final table and summary JSON; returns the exit status (1: the JSON could not be
+    written, said on stderr)."""
     from rich.console import Console
 
     from base_station import view
@@ -250,10 +258,16 @@ def finish(summary: dict, args: argparse.Namespace) -> None:
     console.print(view.live_view(summary, "starling: final summary"))
     if args.summary_json:
         tmp = args.summary_json + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(summary, f, default=_json_default, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, args.summary_json)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(summary, f, default=_json_default, indent=2, sort_keys=True)
+                f.write("\n")
+            os.replace(tmp, args.summary_json)
+        except OSError as e:
+            print("starling: could not write --summary-json %s: %s" % (args.summary_json, e),
+                  file=sys.stderr)
+            return 1
+    return 0
 
 
 def run_listen(args: argparse.Namespace) -> int:
@@ -270,8 +284,7 @@ def run_listen(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    finish(summary, args)
-    return 0
+    return finish(summary, args)
 
 
 # -- export --------------------------------------------------------------------------------
@@ -284,7 +297,16 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jsonl", metavar="PATH", help="JSON Lines output (- = stdout)")
     p.add_argument("--csv", metavar="PATH", help="CSV output (- = stdout)")
     p.add_argument("--node", type=int, help="only this node")
-    p.add_argument("--topic", metavar="FILTER", help="only topics matching this filter")
+    p.add_argument("--topic", metavar="FILTER", type=_topic_filter,
+                   help="only topics matching this filter")
+
+
+def _topic_filter(text: str) -> str:
+    from protocol.topics import valid_filter
+    if not valid_filter(text):
+        raise argparse.ArgumentTypeError("not a topic filter: %r ('+' is one whole level, '#' "
+                                         "the whole last one)" % text)
+    return text
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -296,19 +318,26 @@ def run_export(args: argparse.Namespace) -> int:
     if not os.path.exists(args.db):
         print("starling export: %s: no such database" % args.db, file=sys.stderr)
         return 2
+    import sqlite3
     sinks: list = []
-    if args.senml:
-        sinks.append(SenMLSink(args.senml, args.format))
-    if args.jsonl:
-        sinks.append(JSONLSink(args.jsonl))
-    if args.csv:
-        sinks.append(CSVSink(args.csv))
     n = 0
     try:
+        if args.senml:
+            sinks.append(SenMLSink(args.senml, args.format))
+        if args.jsonl:
+            sinks.append(JSONLSink(args.jsonl))
+        if args.csv:
+            sinks.append(CSVSink(args.csv))
         for r in read_db(args.db, args.node, args.topic):
             for s in sinks:
                 s.write_records((r,))
             n += 1
+    except sqlite3.Error as e:
+        print("starling export: %s: not a Starling database (%s)" % (args.db, e), file=sys.stderr)
+        return 1
+    except OSError as e:
+        print("starling export: %s" % e, file=sys.stderr)
+        return 1
     finally:
         for s in sinks:
             s.close()

@@ -271,7 +271,7 @@ def run_chain(args: argparse.Namespace) -> int:
         return 1
     summary["chain"] = result["chain"]
     summary["chain"]["drained"] = result.get("drained", False)
-    finish(summary, args)
+    status = finish(summary, args)
     c = result["chain"]
     print("\nchain vs base (%d nodes at %d Bd, ber %g, drop %g, %s, %d reboots, %d cuts):" % (
         c["chain"], c["baud"], c["ber"], c["drop"], "durable" if c["durable"] else "not durable",
@@ -289,7 +289,7 @@ def run_chain(args: argparse.Namespace) -> int:
               file=out)
     if not args.no_db:
         print("\nreadings stored in %s" % Path(args.db).resolve(), file=out)
-    return 0
+    return status
 
 
 def run(args: argparse.Namespace) -> int:
@@ -360,7 +360,7 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, RuntimeError, ValueError) as e:     # the fleet could not run
         print("starling demo: %s" % e, file=sys.stderr)
         return 1
-    finish(summary, args)
+    status = finish(summary, args)
     out = sys.stderr if args.jsonl == "-" else sys.stdout
     if "fleet" in result:
         print("\nfleet vs base (%s nodes, %s, %s):" % (
@@ -376,4 +376,4 @@ def run(args: argparse.Namespace) -> int:
         print("\nreadings stored in %s (try: sqlite3 %s 'SELECT * FROM readings LIMIT 5')"
               % (Path(args.db).resolve(), args.db) if shutil.which("sqlite3") else
               "\nreadings stored in %s" % Path(args.db).resolve(), file=out)
-    return 0
+    return status

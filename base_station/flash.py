@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from base_station.argtypes import non_negative, positive
 from base_station.build import MANIFEST, MPY_MAJOR, BuildError, read_manifest
 
 RESETS = ("auto", "hard", "soft", "none")
@@ -562,7 +563,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                        "a virtual board's /dev/pts/N)")
     parser.add_argument("--list", action="store_true", help="list connected boards and exit")
     parser.add_argument("--dry-run", action="store_true", help="print the mpremote commands, touch nothing")
-    parser.add_argument("--tail", type=float, default=3.0, metavar="S",
+    parser.add_argument("--tail", type=non_negative, default=3.0, metavar="S",
                         help="seconds of board output to print after the reset (default 3)")
     parser.add_argument("--reset", choices=RESETS, default="auto",
                         help="how to restart the board after flashing (default auto: hard, "
@@ -572,7 +573,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--romfs", action="store_true",
                         help="write the modules to the board's ROMFS partition as the bundle's romfs.img "
                              "(`starling build --romfs`; firmware with a ROMFS partition only)")
-    parser.add_argument("--timeout", type=float, default=_STEP_TIMEOUT, metavar="S",
+    parser.add_argument("--timeout", type=positive, default=_STEP_TIMEOUT, metavar="S",
                         help="time limit of one mpremote step (default %.0f)" % _STEP_TIMEOUT)
 
 

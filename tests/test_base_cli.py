@@ -121,6 +121,53 @@ def test_bad_numbers_are_refused_before_anything_runs(argv, message):
     assert "Traceback" not in r.stderr
 
 
+def test_unusable_paths_are_one_line_errors(tmp_path):
+    # before: tracebacks (sqlite3 errors, and --summary-json only after the whole run)
+    missing = str(tmp_path / "no" / "such" / "dir")
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database at all, not even close" * 4)
+    other = tmp_path / "other.db"
+    import sqlite3
+    with sqlite3.connect(str(other)) as con:
+        con.execute("CREATE TABLE x (a)")
+    listen = ["listen", "--udp", "127.0.0.1:0", "--no-announce", "--duration", "0.1"]
+    for argv, code, message in [
+        (listen + ["--db", missing + "/s.db"], 2, "--db %s/s.db: unable to open database file" % missing),
+        (listen + ["--no-db", "--summary-json", missing + "/s.json"], 2,
+         "--summary-json %s/s.json: no such directory" % missing),
+        (["export", "--db", str(garbage), "--jsonl", "-"], 1,
+         "%s: not a Starling database (file is not a database)" % garbage),
+        (["export", "--db", str(other), "--jsonl", "-"], 1,
+         "%s: not a Starling database (no such table: readings)" % other),
+        (["export", "--db", str(other), "--topic", "a/#/b", "--jsonl", "-"], 2,
+         "argument --topic: not a topic filter: 'a/#/b'"),
+    ]:
+        r = subprocess.run([PY, "-m", "base_station.cli", *argv], capture_output=True, text=True,
+                           timeout=30, cwd=str(tmp_path))
+        assert r.returncode == code and message in r.stderr, (argv, r.returncode, r.stderr)
+        assert "Traceback" not in r.stderr, r.stderr
+
+
+def test_export_to_an_unwritable_path_says_so(tmp_path):
+    from base_station.sinks import SQLiteSink
+    db = tmp_path / "s.db"
+    node = TestNode(4)
+    sink = SQLiteSink(str(db))
+    from base_station.station import BaseStation
+    st = BaseStation(udp=[], announce=False, sinks=[sink])
+    st.ingest(node.event("t", 1.5), ("127.0.0.1", 1))
+    st.flush()
+    sink.close()
+    out = tmp_path / "no" / "x.jsonl"
+    r = subprocess.run([PY, "-m", "base_station.cli", "export", "--db", str(db), "--jsonl", str(out)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "No such file or directory" in r.stderr and str(out) in r.stderr
+    assert "Traceback" not in r.stderr
+    r = subprocess.run([PY, "-m", "base_station.cli", "export", "--db", str(db), "--topic", "+",
+                        "--jsonl", "-"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and json.loads(r.stdout.splitlines()[0])["value"] == 1.5
+
+
 def test_demo_whose_fleet_cannot_start_says_why_and_fails(tmp_path):
     # the fleet's node.json check fails inside the running demo: one line, exit 1, no
     # summary of a run that never happened
