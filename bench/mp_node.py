@@ -28,6 +28,9 @@
 #       the same for a serial-chain node (firmware/chain.py, middle of a chain: up and
 #       down UART) booted from a unix bundle's modules, from .mpy files or ROMFS, with
 #       the RAM-only outbox (the config default) or durable (the flash log's buffers).
+#   micropython -X heapsize=256K bench/mp_node.py ram_chain_esp32|ram_chain_esp32_rom BUNDLE TESTS
+#       a serial-chain node on the ESP32 HAL (board modules faked as for ram_esp32),
+#       BUNDLE an ESP32 bundle built from a chain node's node.json (UART pins, no Wi-Fi).
 #   micropython -X heapsize=256K bench/mp_node.py heap BUNDLE
 #       heap bytes per publish with a HAL whose udp_send does nothing (both ports:
 #       the webassembly port has no sockets), int and float EVENT, int BATCH of 20.
@@ -249,19 +252,34 @@ CHAIN_CONFIG = {"node": 7, "transport": "serial",
                 "status_every_ms": 5000}
 
 
-def ram_chain(rom=False, durable=False):
+def ram_chain(rom=False, durable=False, board="unix", tests=None):
+    # board "esp32": the ESP32 HAL on the board fakes of tests/board_fakes/, node.json
+    # (a chain node's, with UART pins) read from the bundle as on a board
     image = mount_rom() if rom else None
-    hal = MemHal(BUNDLE)
-    cfg_d = dict(CHAIN_CONFIG)
-    cfg_d["durable"] = durable
-    hal.files["node.json"] = json.dumps(cfg_d).encode()
+    if board == "unix":
+        hal = MemHal(BUNDLE)
+        cfg_d = dict(CHAIN_CONFIG)
+        cfg_d["durable"] = durable
+        hal.files["node.json"] = json.dumps(cfg_d).encode()
+        modules = CHAIN_MODULES
+    else:
+        sys.path.append(tests)
+        import board_fakes
+        from board_fakes import net
+        clk = board_fakes.install(board)
+        modules = CHAIN_BOARD_MODULES
     base = yield
     out = {"modules": {}}
     if image is not None:
         out["image_bytes"] = len(image)
-    prev = yield from import_rows(CHAIN_MODULES, out, base)
+    prev = yield from import_rows(modules, out, base)
     from firmware import core
+    if board != "unix":
+        hal = core.make_hal(BUNDLE, platform=board, quiet=True, clock=clk, sockets=net,
+                            poller=net.Poll(), machine_name="Generic ESP32 module with ESP32")
     cfg = core.load_config(hal)
+    if board != "unix":
+        hal.begin(cfg)        # watchdog (no Wi-Fi on a chain node here)
     now = yield
     out["modules"]["firmware.config"] = now - prev
     prev = now
@@ -272,8 +290,12 @@ def ram_chain(rom=False, durable=False):
     now = yield
     out["node_boot"] = now - prev
     for i in range(50):
-        hal.now += 100
-        node.step(hal.now)
+        if board == "unix":
+            hal.now += 100
+        else:
+            clk.advance(100)
+            hal.feed()
+        node.step(hal.ticks_ms())
     after = yield
     out["node_running"] = after - now
     out["total"] = after - base
@@ -286,8 +308,16 @@ def ram_chain(rom=False, durable=False):
     out["cbor_loaded"] = "protocol.cbor" in sys.modules
     out["messages_loaded"] = "protocol.messages" in sys.modules
     out["udp_node_loaded"] = "firmware.node" in sys.modules or "firmware.subscribers" in sys.modules
+    if board != "unix":
+        out["board_setup_dropped"] = "firmware.board_setup" not in sys.modules
     return out
 
+
+# the chain node's modules on a board HAL (firmware.board_uart comes with uart_open())
+CHAIN_BOARD_MODULES = ("protocol", "protocol.codes", "protocol.topics", "protocol.nodewire",
+                       "protocol.cbor_lite", "protocol.framing", "protocol.link", "firmware",
+                       "firmware.sensors", "firmware.hal_board", "firmware.hal_esp32",
+                       "firmware.core", "firmware.outbox", "firmware.chain")
 
 BOARD_MODULES = ("protocol", "protocol.topics", "protocol.nodewire", "protocol.cbor_lite",
                  "firmware", "firmware.sensors", "firmware.subscribers",
@@ -437,12 +467,14 @@ def publish(port, rounds):
 RAM_MODES = {"ram": ("unix", False), "ram_rom": ("unix", True),
              "ram_esp32": ("esp32", False), "ram_esp32_rom": ("esp32", True)}
 
-CHAIN_MODES = {"ram_chain": (False, False), "ram_chain_rom": (True, False),
-               "ram_chain_durable": (False, True)}
+CHAIN_MODES = {"ram_chain": (False, False, "unix"), "ram_chain_rom": (True, False, "unix"),
+               "ram_chain_durable": (False, True, "unix"),
+               "ram_chain_esp32": (False, False, "esp32"), "ram_chain_esp32_rom": (True, False, "esp32")}
 
 if MODE in RAM_MODES or MODE in CHAIN_MODES:
     if MODE in CHAIN_MODES:
-        gen = ram_chain(*CHAIN_MODES[MODE])
+        rom, durable, board = CHAIN_MODES[MODE]
+        gen = ram_chain(rom, durable, board, ARGS[2] if board != "unix" else None)
     else:
         board, rom = RAM_MODES[MODE]
         gen = ram(board, ARGS[2] if board != "unix" else None, rom)
@@ -467,5 +499,5 @@ elif MODE == "publish":
     print(json.dumps(publish(int(ARGS[2]), int(ARGS[3]))))
 else:
     raise SystemExit("usage: mp_node.py ram|ram_rom|ram_esp32|ram_esp32_rom|ram_chain|ram_chain_rom|"
-                     "ram_chain_durable|heap|publish BUNDLE "
+                     "ram_chain_durable|ram_chain_esp32|ram_chain_esp32_rom|heap|publish BUNDLE "
                      "[PORT ROUNDS | TESTS]")

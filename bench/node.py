@@ -81,6 +81,13 @@ NODE_CONFIG = {"node": 7, "bases": [["127.0.0.1", 5684]],
                            {"topic": "count", "kind": "counter", "period_ms": 1000}],
                "status_every_ms": 5000}
 
+# a middle chain node on an ESP32 (bench/mp_node.py ram_chain_esp32): the sensors and
+# STATUS period of mp_node.py's CHAIN_CONFIG, UART1/UART2 on free pins
+CHAIN_BOARD_CONFIG = {"node": 7, "transport": "serial",
+                      "uart": {"up": {"id": 1, "tx": 17, "rx": 16, "baud": 115200},
+                               "down": {"id": 2, "tx": 4, "rx": 5, "baud": 115200}},
+                      "sensors": NODE_CONFIG["sensors"], "status_every_ms": 5000}
+
 # Runs mp_node.py on the webassembly port: copies the bundle into its in-memory
 # filesystem and passes the arguments as the global MP_ARGS (it has no sys.argv).
 WASM_RUNNER = r"""
@@ -124,13 +131,17 @@ console.log(out.join("\n"));
 
 # -- MicroPython measurements ------------------------------------------------------------
 
-def build(tmp: Path, board: str = "unix") -> Path:
-    cfg = tmp / ("node-%s.json" % board)
-    d = dict(NODE_CONFIG)
-    if board != "unix":
-        d["wifi"] = {"ssid": "lab", "password": "secret"}   # the fake access point's
+def build(tmp: Path, board: str = "unix", chain: bool = False) -> Path:
+    name = board + ("-chain" if chain else "")
+    cfg = tmp / ("node-%s.json" % name)
+    if chain:
+        d = dict(CHAIN_BOARD_CONFIG)
+    else:
+        d = dict(NODE_CONFIG)
+        if board != "unix":
+            d["wifi"] = {"ssid": "lab", "password": "secret"}   # the fake access point's
     cfg.write_text(json.dumps(d))
-    out = tmp / ("bundle-%s" % board)
+    out = tmp / ("bundle-%s" % name)
     build_bundle(board, cfg, out, romfs=True)     # + romfs.img; the .mpy files are the same
     return out
 
@@ -214,10 +225,15 @@ def micropython_side(tmp: Path, rounds: int) -> dict:
         out[mode + "_64"] = run_unix([mode] + [str(a) for a in args])
     for mode, args in runs.items():
         out[mode + "_32"] = run_wasm(tmp, args[0], [mode] + [str(a) for a in args[1:]])
-    # a serial-chain node (middle of a chain) from the unix bundle's modules
+    # a serial-chain node (middle of a chain) from the unix bundle's modules, and on
+    # the ESP32 HAL from an ESP32 bundle built for a chain node
     for mode, _ in CHAIN_RUNS:
         out[mode + "_64"] = run_unix([mode, str(bundle)])
         out[mode + "_32"] = run_wasm(tmp, bundle, [mode])
+    esp32_chain = build(tmp, "esp32", chain=True)
+    for mode, _ in CHAIN_BOARD_RUNS:
+        out[mode + "_64"] = run_unix([mode, str(esp32_chain), tests])
+        out[mode + "_32"] = run_wasm(tmp, esp32_chain, [mode, tests])
     out["heap_64"] = run_unix(["heap", str(bundle)])
     counter = Counter()
     try:
@@ -329,25 +345,31 @@ RAM_RUNS = (("ram", "unix, .mpy"), ("ram_rom", "unix, ROMFS"), ("ram_esp32", "ES
             ("ram_esp32_rom", "ESP32, ROMFS"))
 BOARD_ROWS = ("firmware.hal_board", "firmware.hal_esp32")
 CHAIN_RUNS = (("ram_chain", ".mpy"), ("ram_chain_rom", "ROMFS"), ("ram_chain_durable", ".mpy, durable"))
+CHAIN_BOARD_RUNS = (("ram_chain_esp32", ".mpy"), ("ram_chain_esp32_rom", "ROMFS"))
+CHAIN_BOARD_ORDER = ("protocol", "protocol.codes", "protocol.topics", "protocol.nodewire",
+                     "protocol.cbor_lite", "protocol.framing", "protocol.link", "firmware",
+                     "firmware.sensors", "firmware.hal_board", "firmware.hal_esp32",
+                     "firmware.core", "firmware.outbox", "firmware.chain", "firmware.config")
 CHAIN_ORDER = ("protocol", "protocol.codes", "protocol.topics", "protocol.nodewire",
                "protocol.cbor_lite", "protocol.framing", "protocol.link", "firmware",
                "firmware.sensors", "firmware.uart_unix", "firmware.hal_unix",
                "firmware.core", "firmware.outbox", "firmware.chain", "firmware.config")
 
 
-def print_chain_table(mp: dict) -> None:
+def print_chain_table(mp: dict, runs: tuple = CHAIN_RUNS, order: tuple = CHAIN_ORDER,
+                      hal: str = "unix HAL") -> None:
     """RAM of a serial-chain node after boot, 64-bit and 32-bit side by side."""
     cols = [(m + w, "%s %s" % (label, bits)) for w, bits in (("_64", "64-bit"), ("_32", "32-bit"))
-            for m, label in CHAIN_RUNS]
-    print("Serial-chain node (middle of a chain: up and down UART, 2 sensors), RAM held after boot,"
-          " bytes")
+            for m, label in runs]
+    print("Serial-chain node (middle of a chain: up and down UART, 2 sensors, %s), RAM held "
+          "after boot, bytes" % hal)
     print("  %-22s" % "" + "".join(" %21s" % label for _, label in cols))
 
     def cell(key: str, value: Any) -> str:
         run = mp.get(key)
         return " %21s" % ("-" if run is None else "" if value(run) is None else value(run))
 
-    for name in CHAIN_ORDER:
+    for name in order:
         print("  %-22s" % ("config, dropped" if name == "firmware.config" else name)
               + "".join(cell(k, lambda r, n=name: r["modules"].get(n)) for k, _ in cols))
     for key, label in (("node_boot", "ChainNode + boot"), ("node_running", "first 50 steps"),
@@ -395,6 +417,8 @@ def print_table(r: dict) -> None:
         print("  " + mp["wasm_note"])
     print()
     print_chain_table(mp)
+    print_chain_table(mp, CHAIN_BOARD_RUNS, CHAIN_BOARD_ORDER,
+                      "ESP32 HAL, board modules faked, config row includes begin()")
     p = mp["publish_64"]
     h32 = mp["heap_32"] or {}
     print("Publish on the unix port (one subscriber at 127.0.0.1; µs with GC on, heap with GC off)")

@@ -12,7 +12,7 @@
 import machine
 
 from firmware import sensors
-from firmware.hal_board import Wifi, _get
+from firmware.hal_board import _get
 
 try:
     from micropython import const
@@ -21,7 +21,6 @@ except ImportError:  # CPython
         return x
 
 _WIFI_WAIT_MS = const(15000)        # begin(): longest wait for the first association
-_WIFI_TIMEOUT_MS = const(15000)     # one join attempt (DHCP included) before giving up
 _UART_RXBUF = const(2048)           # default 256 overflows in 20 ms at 115200 baud
 _UART_RXBUF_MIN = const(1024)
 _UART_TXBUF = const(1024)           # a whole frame fits: write() rarely waits
@@ -68,10 +67,10 @@ def begin(hal, cfg, watchdog_ms=None):
         pass
     wlan = network.WLAN(network.STA_IF)
     wlan.active(True)
+    from firmware.board_wifi import Wifi
     hal._wifi = Wifi(hal, network, wlan, ssid, _get(cfg, "wifi_password", ""),
-                     _get(cfg, "wifi_timeout_ms", _WIFI_TIMEOUT_MS))
-    hal._ntp_on = _get(cfg, "ntp", True)
-    hal._ntp_host = _get(cfg, "ntp_host", None)
+                     _get(cfg, "wifi_timeout_ms", None),
+                     _get(cfg, "ntp", True), _get(cfg, "ntp_host", None))
     hal.log("wifi: joining %r" % ssid)
     wait_link(hal, _get(cfg, "wifi_wait_ms", _WIFI_WAIT_MS))
 

@@ -40,7 +40,7 @@
 # after power-on and would give the base nonsense. The ESP32 counts from 2000-01-01
 # (time.gmtime(0)[0] == 2000), RP2 from 1970: 946684800 s are added on the ESP32.
 #
-# Wi-Fi (class Wifi). connect() is asynchronous on both ports. The state machine
+# Wi-Fi (firmware/board_wifi.py Wifi). connect() is asynchronous on both ports. The state machine
 # DOWN -> JOINING -> UP is polled from feed(): a join that fails (status
 # WRONG_PASSWORD, NO_AP_FOUND, ...) or takes longer than wifi_timeout_ms is abandoned
 # with disconnect() (which also stops the ESP32 driver's own retries, so one backoff
@@ -75,6 +75,7 @@
 # Modules. What only some nodes need lives beside this one and is imported on first
 # use, so the others do not keep its code in RAM: firmware/board_sleep.py (Resume,
 # the deep-sleep record), firmware/board_uart.py (BoardUart, serial chain),
+# firmware/board_wifi.py (Wifi and NTP, when node.json configures Wi-Fi),
 # firmware/board_sensors.py (BoardSensor and the SHT3x reader, board sensor kinds).
 # What only boot needs (register_kinds, begin, uart_open, make_sensors, resume: the
 # methods here import it) is firmware/board_setup.py, which firmware.core drops once
@@ -101,13 +102,7 @@ except ImportError:  # CPython
 
 _MAX_DATAGRAM = const(1500)
 _EPOCH_2000_MS = 946684800000       # 2000-01-01 minus 1970-01-01 in ms (a bigint on boards)
-_WIFI_TIMEOUT_MS = const(15000)     # one join attempt (DHCP included) before giving up
-_BACKOFF_MIN_MS = const(1000)
-_BACKOFF_MAX_MS = const(60000)
 _SLICE_MS = const(1000)             # wait_readable() wakes at least this often: Wi-Fi check
-_NTP_EVERY_MS = const(43200000)     # re-sync every 12 h (the RTC drifts ~1 s/day)
-_NTP_RETRY_MS = const(60000)        # after a failed sync, doubling up to 1 h
-_NTP_RETRY_MAX_MS = const(3600000)
 _RESOLVE_RETRY_MS = const(10000)    # a _Pending address: DNS at most this often
 _LOG_FIRST = const(3)               # errors: log the first few, then every 100th
 
@@ -137,115 +132,6 @@ class _Pending:
 
     def __ne__(self, other):
         return not self.__eq__(other)
-
-
-# Wi-Fi states
-_DOWN = const(0)
-_JOINING = const(1)
-_UP = const(2)
-
-# network.STAT_* names on either port (values differ: ESP32 2xx/10xx, CYW43 -3..3)
-_STAT_NAMES = ("STAT_IDLE", "STAT_CONNECTING", "STAT_GOT_IP", "STAT_WRONG_PASSWORD",
-               "STAT_NO_AP_FOUND", "STAT_CONNECT_FAIL", "STAT_ASSOC_FAIL",
-               "STAT_HANDSHAKE_TIMEOUT", "STAT_BEACON_TIMEOUT")
-_STAT_FAILED = ("STAT_WRONG_PASSWORD", "STAT_NO_AP_FOUND", "STAT_CONNECT_FAIL",
-                "STAT_ASSOC_FAIL", "STAT_HANDSHAKE_TIMEOUT")
-
-
-class Wifi:
-    # Station-mode link with reconnect and backoff; poll() never blocks.
-    def __init__(self, hal, network, wlan, ssid, password, timeout_ms=_WIFI_TIMEOUT_MS):
-        self.hal = hal
-        self.wlan = wlan
-        self.ssid = ssid
-        self.password = password
-        self.timeout_ms = timeout_ms
-        self.state = _DOWN
-        self.t0 = 0
-        self.next_try = hal.ticks_ms()     # first join at the first poll
-        self.backoff = _BACKOFF_MIN_MS
-        self.attempts = 0
-        self.connects = 0
-        self.drops = 0
-        self.failures = 0
-        self.names = {}
-        for n in _STAT_NAMES:
-            v = getattr(network, n, None)
-            if v is not None and v not in self.names:
-                self.names[v] = n[5:].lower()
-        self.failed = []
-        for n in _STAT_FAILED:
-            v = getattr(network, n, None)
-            if v is not None:
-                self.failed.append(v)
-
-    def up(self):
-        return self.state == _UP
-
-    def status_str(self, s):
-        return "%s %s" % (s, self.names.get(s, "?"))
-
-    def poll(self, now):
-        # advance the state machine; True when the link has just come up
-        w = self.wlan
-        up = w.isconnected()
-        st = self.state
-        if st == _UP:
-            if up:
-                return False
-            self.drops += 1
-            self.backoff = _BACKOFF_MIN_MS
-            self._give_up(now, "link lost", w.status())
-            return False
-        if up:   # joined (or the driver re-associated on its own while we waited)
-            self.state = _UP
-            self.connects += 1
-            ip = "?"
-            try:
-                ip = w.ifconfig()[0]
-            except (AttributeError, OSError):
-                pass
-            self.hal.log("wifi: up, %s on %r after %d attempt(s)" % (ip, self.ssid, self.attempts))
-            self.attempts = 0
-            self.backoff = _BACKOFF_MIN_MS
-            return True
-        hal = self.hal
-        if st == _JOINING:
-            s = w.status()
-            waited = hal.ticks_diff(now, self.t0)
-            if s in self.failed:
-                self.failures += 1
-                self._give_up(now, "join failed after %d ms" % waited, s)
-            elif waited >= self.timeout_ms:
-                self.failures += 1
-                self._give_up(now, "join timed out after %d ms" % waited, s)
-            return False
-        if hal.ticks_diff(now, self.next_try) >= 0:
-            self._join(now)
-        return False
-
-    def _join(self, now):
-        self.attempts += 1
-        try:
-            self.wlan.connect(self.ssid, self.password)
-        except OSError as e:   # ESP32: "Wifi Internal State Error" while busy, ...
-            self.failures += 1
-            self._give_up(now, "connect() raised %s" % (e,), -1)
-            return
-        self.state = _JOINING
-        self.t0 = now
-
-    def _give_up(self, now, why, status):
-        # back to DOWN; stop the driver (and the ESP32's own retries); retry after backoff
-        try:
-            self.wlan.disconnect()
-        except OSError:
-            pass
-        hal = self.hal
-        self.state = _DOWN
-        self.next_try = hal._clock.ticks_add(now, self.backoff)
-        hal.log("wifi: %s (status %s), retry in %d ms" % (why, self.status_str(status), self.backoff))
-        self.backoff = min(self.backoff * 2, _BACKOFF_MAX_MS)
 
 
 class BoardHal:
@@ -285,11 +171,7 @@ class BoardHal:
         self._wdt = None
         self.wdt_ms = 0
         self._slice_ms = _SLICE_MS
-        self._wifi = None
-        self._ntp_on = False
-        self._ntp_host = None
-        self._ntp_next = 0
-        self._ntp_retry = _NTP_RETRY_MS
+        self._wifi = None        # a board_wifi.Wifi once begin() has joined a network
         self._resumed = None
         self._resume_done = False
         # counters (stats())
@@ -316,45 +198,17 @@ class BoardHal:
         if self._wdt is not None:
             self._wdt.feed()
         w = self._wifi
-        if w is None:
-            return
-        now = self._clock.ticks_ms()
-        if w.poll(now) and self._ntp_on:
-            self._ntp_next = now
-            self._ntp_retry = _NTP_RETRY_MS
-        if self._ntp_on and w.state == _UP and self.ticks_diff(now, self._ntp_next) >= 0:
-            self._ntp(now)
+        if w is not None:
+            w.feed(self._clock.ticks_ms())
 
     def link_up(self):
-        return self._wifi is not None and self._wifi.state == _UP
+        return self._wifi is not None and self._wifi.up()
 
     def time_synced(self):
         # True once after each NTP sync (the node refreshes its time base then)
         s = self._synced
         self._synced = False
         return s
-
-    def _ntp(self, now):
-        # blocks up to ntptime.timeout (1 s) plus DNS; the watchdog is fed before
-        import ntptime
-        if self._ntp_host:
-            ntptime.host = self._ntp_host
-        if self._wdt is not None:
-            self._wdt.feed()
-        try:
-            ntptime.settime()
-        except Exception as e:  # OSError (timeout, DNS), or a malformed reply: retry later
-            self.ntp_errors += 1
-            self._ntp_next = self._clock.ticks_add(now, self._ntp_retry)
-            self.log("ntp: failed (%s), retry in %d s" % (e, self._ntp_retry // 1000))
-            self._ntp_retry = min(self._ntp_retry * 2, _NTP_RETRY_MAX_MS)
-            return
-        self.ntp_syncs += 1
-        self._wall_ok = True
-        self._synced = True
-        self._ntp_retry = _NTP_RETRY_MS
-        self._ntp_next = self._clock.ticks_add(now, _NTP_EVERY_MS)
-        self.log("ntp: clock set, unix ms %d" % self.wall_ms())
 
     # --- clocks --------------------------------------------------------------------------
     def ticks_ms(self):   # replaced per instance by the clock's own (see __init__)
@@ -439,7 +293,7 @@ class BoardHal:
     def udp_send(self, sock, addr, data):
         # never blocks; False when the datagram did not go (the node counts it)
         w = self._wifi
-        if w is not None and w.state != _UP:
+        if w is not None and not w.up():
             self.send_down += 1
             return False
         if isinstance(addr, _Pending):

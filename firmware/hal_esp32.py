@@ -1,7 +1,7 @@
 # ESP32 HAL (original ESP32, and the S2/S3/C3 where noted): the shared board HAL of
 # firmware/hal_board.py plus what differs on this chip.
 #
-# - Wi-Fi station (network.WLAN(STA_IF)), reconnect and backoff: hal_board.Wifi.
+# - Wi-Fi station (network.WLAN(STA_IF)), reconnect and backoff: board_wifi.Wifi.
 # - Chain UARTs: UART1 or UART2 with explicit pins. UART0 is the REPL on the USB
 #   bridge: taking it would cut off mpremote, so uart_open() refuses it. Pins: any
 #   GPIO 0-39 except the missing 20, 24, 28-31 and the SPI flash 6-11; GPIO 34-39
