@@ -160,6 +160,33 @@ def mount_rom():
     return image
 
 
+def install_fakes(board, tests):
+    # the fake machine / network / ... modules of TESTS/board_fakes, before the
+    # baseline (a board's built-in modules are not the node's RAM); returns the clock
+    sys.path.append(tests)
+    import board_fakes
+    return board_fakes.install(board)
+
+
+def board_hal(core, board, clk):
+    # the board's HAL on the fakes, its flash the bundle directory (node.json there)
+    from board_fakes import net
+    return core.make_hal(BUNDLE, platform=board, quiet=True, clock=clk, sockets=net,
+                         poller=net.Poll(), machine_name="Generic ESP32 module with ESP32")
+
+
+def run_steps(node, hal, clk):
+    # 50 node steps 100 ms apart: buffers reach their working size (clk: a board's
+    # fake clock, fed as the board's loop feeds it; None: MemHal's own time)
+    for _ in range(50):
+        if clk is None:
+            hal.now += 100
+        else:
+            clk.advance(100)
+            hal.feed()
+        node.step(hal.ticks_ms())
+
+
 # The RAM measurements are generators: each `yield` asks for used(), sent back by the
 # caller. The unix port calls used() in between (drive()). The webassembly port frees
 # nothing while a Python call from JavaScript is running (its GC cannot see which
@@ -178,14 +205,12 @@ def import_rows(modules, out, prev):
 
 def ram(board="unix", tests=None, rom=False):
     image = mount_rom() if rom else None
+    clk = None
     if board == "unix":
         hal = MemHal(BUNDLE)     # created before the baseline: the HAL object is the board's
         modules = MODULES
     else:
-        sys.path.append(tests)
-        import board_fakes
-        from board_fakes import net
-        clk = board_fakes.install(board)
+        clk = install_fakes(board, tests)
         modules = BOARD_MODULES
     base = yield
     out = {"modules": {}}
@@ -195,8 +220,7 @@ def ram(board="unix", tests=None, rom=False):
     from firmware import core
     from firmware import node as node_mod
     if board != "unix":
-        hal = core.make_hal(BUNDLE, platform=board, quiet=True, clock=clk, sockets=net,
-                            poller=net.Poll(), machine_name="Generic ESP32 module with ESP32")
+        hal = board_hal(core, board, clk)
     cfg = core.load_config(hal)
     if board != "unix":
         hal.begin(cfg)        # Wi-Fi join, NTP
@@ -209,13 +233,7 @@ def ram(board="unix", tests=None, rom=False):
     core.boot_done()          # as main() does: boot-only modules dropped
     now = yield
     out["node_boot"] = now - prev
-    for i in range(50):      # a few steps: buffers reach their working size
-        if board == "unix":
-            hal.now += 100
-        else:
-            clk.advance(100)
-            hal.feed()
-        node.step(hal.ticks_ms())
+    run_steps(node, hal, clk)
     after = yield
     out["node_running"] = after - now
     out["imports"] = prev - base
@@ -256,6 +274,7 @@ def ram_chain(rom=False, durable=False, board="unix", tests=None):
     # board "esp32": the ESP32 HAL on the board fakes of tests/board_fakes/, node.json
     # (a chain node's, with UART pins) read from the bundle as on a board
     image = mount_rom() if rom else None
+    clk = None
     if board == "unix":
         hal = MemHal(BUNDLE)
         cfg_d = dict(CHAIN_CONFIG)
@@ -263,10 +282,7 @@ def ram_chain(rom=False, durable=False, board="unix", tests=None):
         hal.files["node.json"] = json.dumps(cfg_d).encode()
         modules = CHAIN_MODULES
     else:
-        sys.path.append(tests)
-        import board_fakes
-        from board_fakes import net
-        clk = board_fakes.install(board)
+        clk = install_fakes(board, tests)
         modules = CHAIN_BOARD_MODULES
     base = yield
     out = {"modules": {}}
@@ -275,8 +291,7 @@ def ram_chain(rom=False, durable=False, board="unix", tests=None):
     prev = yield from import_rows(modules, out, base)
     from firmware import core
     if board != "unix":
-        hal = core.make_hal(BUNDLE, platform=board, quiet=True, clock=clk, sockets=net,
-                            poller=net.Poll(), machine_name="Generic ESP32 module with ESP32")
+        hal = board_hal(core, board, clk)
     cfg = core.load_config(hal)
     if board != "unix":
         hal.begin(cfg)        # watchdog (no Wi-Fi on a chain node here)
@@ -289,13 +304,7 @@ def ram_chain(rom=False, durable=False, board="unix", tests=None):
     core.boot_done()
     now = yield
     out["node_boot"] = now - prev
-    for i in range(50):
-        if board == "unix":
-            hal.now += 100
-        else:
-            clk.advance(100)
-            hal.feed()
-        node.step(hal.ticks_ms())
+    run_steps(node, hal, clk)
     after = yield
     out["node_running"] = after - now
     out["total"] = after - base
