@@ -25,6 +25,7 @@ from typing import Any, Callable
 from protocol import codes
 from base_station.argtypes import int_range, non_negative, positive
 from base_station.listener import RCVBUF
+from base_station.station import MAX_NODES
 
 log = logging.getLogger("starling.cli")
 
@@ -94,6 +95,9 @@ def add_station_arguments(p: argparse.ArgumentParser, udp_default: str = "0.0.0.
                    help="subscription lease in seconds (re-announced every lease/3, at most 5 s apart)")
     g.add_argument("--max-datagram", type=int_range(64, 65507), default=codes.MAX_DATAGRAM, metavar="BYTES",
                    help="reject bigger datagrams as oversize (default %(default)s)")
+    g.add_argument("--max-nodes", type=int_range(1), default=MAX_NODES, metavar="N",
+                   help="node ids accounted at most (default %(default)s); messages of further "
+                        "ids are rejected (too_many_nodes)")
     g.add_argument("--rcvbuf", type=int_range(1), default=RCVBUF, metavar="BYTES",
                    help="UDP receive buffer to ask for (default %(default)s; the kernel grants "
                         "twice that, capped by net.core.rmem_max without CAP_NET_ADMIN); "
@@ -151,7 +155,7 @@ def build_station(args: argparse.Namespace, **overrides: Any):
         announce=not args.no_announce and not serial_only, base_id=args.base_id,
         advertise=(adv[0], adv[1] or None), filters=args.filter or ["#"],
         max_rate=args.max_rate, lease=args.lease, keys=keys, sinks=sinks,
-        max_datagram=args.max_datagram, rcvbuf=args.rcvbuf,
+        max_datagram=args.max_datagram, rcvbuf=args.rcvbuf, max_nodes=args.max_nodes,
         reader_process=getattr(args, "reader_process", False))
     kw.update(overrides)
     station = BaseStation(**kw)

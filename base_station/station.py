@@ -57,6 +57,11 @@ _FastBatch = wire.FastBatch
 TICK = 0.2            # seconds between sink ticks (flushes)
 LOG_SOURCES = 1024    # sources remembered by the rate-limited log
 DEFAULT_LEASE = 60
+# Node ids accounted at most (BaseStation max_nodes, `listen --max-nodes`). A node's
+# account is ~3 KB with a short history (measured: 20 readings, a gap, a STATUS; its
+# holes and last values grow within their own bounds), so a sender without a key that
+# invents a new id per datagram stops at ~50 MB instead of growing without end.
+MAX_NODES = 16384
 
 
 # A node that boots waits for the next ANNOUNCE to learn of us: however long the lease,
@@ -236,6 +241,9 @@ class BaseStation:
         reader_process: each UDP socket is read by a separate process (Linux), so
             receiving and decoding run on two cores (base_station/udp_reader.py);
             for high-rate stations.
+        max_nodes: node ids accounted at most (default MAX_NODES): without keys anyone
+            can send, and each new id costs memory. Messages of further ids are
+            rejected (reason "too_many_nodes"); the nodes already seen carry on.
     """
 
     def __init__(self, *, udp: Iterable[tuple[str, int]] = (("0.0.0.0", codes.UDP_PORT),),
@@ -246,7 +254,8 @@ class BaseStation:
                  keys: dict[int, auth.Key] | None = None, sinks: Iterable[Sink] = (),
                  max_datagram: int = codes.MAX_DATAGRAM, max_holes: int = MAX_HOLES,
                  keep_epochs: int = KEEP_EPOCHS, rcvbuf: int = RCVBUF,
-                 reader_process: bool = False, clock: Callable[[], float] = time.time):
+                 reader_process: bool = False, max_nodes: int = MAX_NODES,
+                 clock: Callable[[], float] = time.time):
         self.udp = list(udp)
         self.discovery = list(discovery)
         self.announce_enabled = announce and bool(self.discovery)
@@ -272,6 +281,9 @@ class BaseStation:
             raise ValueError("rcvbuf must be a positive number of bytes, got %r" % (rcvbuf,))
         self.rcvbuf = rcvbuf
         self.reader_process = reader_process
+        if type(max_nodes) is not int or max_nodes < 1:
+            raise ValueError("max_nodes must be at least 1, got %r" % (max_nodes,))
+        self.max_nodes = max_nodes
         self.clock = clock
         self.nodes: dict[int, NodeAccount] = {}
         self.listeners: list[UdpListener] = []
@@ -528,7 +540,8 @@ class BaseStation:
             self._status(msg, source, arrival)
         elif kind is DeadLetter:
             acct = self._account(msg.node, source, arrival)
-            acct.dead_letter += msg.count
+            if acct is not None:
+                acct.dead_letter += msg.count
         elif kind is Unknown:
             self.counters["unknown_kind"] += 1
         else:
@@ -591,9 +604,14 @@ class BaseStation:
         self._route(msg, kind, source, arrival)
 
     # -- accounting and delivery -------------------------------------------------------------
-    def _account(self, node: int, source: Any, arrival: float) -> NodeAccount:
+    def _account(self, node: int, source: Any, arrival: float) -> NodeAccount | None:
+        # the node's account, created on its first message; None (rejected) past max_nodes
         acct = self.nodes.get(node)
         if acct is None:
+            if len(self.nodes) >= self.max_nodes:
+                self._reject("too_many_nodes", source, "node %d: already accounting for %d "
+                             "nodes (max_nodes)" % (node, self.max_nodes))
+                return None
             acct = self.nodes[node] = NodeAccount(node, self.max_holes, self.keep_epochs)
         acct.last_seen = arrival
         acct.source = source
@@ -610,6 +628,8 @@ class BaseStation:
         acct = self.nodes.get(node)
         if acct is None:
             acct = self._account(node, source, arrival)
+            if acct is None:
+                return
         else:
             acct.last_seen = arrival
             acct.source = source
@@ -649,6 +669,8 @@ class BaseStation:
         acct = self.nodes.get(b.node)
         if acct is None:
             acct = self._account(b.node, source, arrival)
+            if acct is None:
+                return
         else:
             acct.last_seen = arrival
             acct.source = source
@@ -684,6 +706,8 @@ class BaseStation:
 
     def _status(self, st: Status, source: Any, arrival: float) -> None:
         acct = self._account(st.node, source, arrival)
+        if acct is None:
+            return
         s = acct.stream(st.epoch)
         if s is None:
             return

@@ -200,6 +200,36 @@ def test_signed_message_without_keys_is_rejected():
     assert st.rejected_reasons == {"no_keys": 1}
 
 
+def test_node_ids_beyond_max_nodes_are_rejected_and_the_others_carry_on(caplog):
+    # a sender without a key that invents a node id per datagram: the station accounts
+    # for max_nodes ids and rejects the rest, whatever the kind, instead of growing
+    from protocol.messages import DeadLetter
+    st = BaseStation(udp=[], announce=False, max_nodes=3)
+    known = [TestNode(i) for i in (1, 2, 3)]
+    for n in known:
+        st.ingest(n.event("t", 1))
+    with caplog.at_level(logging.WARNING, logger="starling.base"):
+        for i in range(100, 400):
+            n = TestNode(i)
+            st.ingest(n.event("t", 1) if i % 3 == 0 else n.batch([("t", 1), ("t", 2)])
+                      if i % 3 == 1 else n.status())
+        st.ingest(DeadLetter(999, 1, [[1, 4]]).encode())
+    assert sorted(st.nodes) == [1, 2, 3]
+    assert st.rejected_reasons == {"too_many_nodes": 301} and st.counters["rejected"] == 301
+    assert st.counters["readings"] == 3
+    for n in known:                                   # the known nodes go on as before
+        st.ingest(n.event("t", 2))
+        st.ingest(n.status())
+    for i in (1, 2, 3):
+        t = st.nodes[i].totals()
+        assert t["received"] == 2 and t["lost"] == 0
+    assert "already accounting for 3 nodes (max_nodes)" in caplog.text
+    assert len([r for r in caplog.records if "max_nodes" in r.getMessage()]) <= 2  # rate-limited
+    for bad in (0, -1, "3"):
+        with pytest.raises(ValueError, match="max_nodes"):
+            BaseStation(udp=[], announce=False, max_nodes=bad)
+
+
 def test_announcer_sends_announce_that_decodes():
     async def main():
         rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
