@@ -14,6 +14,8 @@
 #       TESTS/board_fakes standing in for the board's built-in ones (counted in the
 #       baseline, as firmware modules are on a board): main()'s sequence with
 #       begin() (Wi-Fi join, NTP) before the Node boots.
+#   micropython -X heapsize=256K bench/mp_node.py ram_picow|ram_picow_rom BUNDLE TESTS
+#       the same for a Pico W bundle (hal_board + hal_pico), the rp2 fakes.
 #   micropython -X heapsize=256K bench/mp_node.py ram_rom BUNDLE
 #   micropython -X heapsize=256K bench/mp_node.py ram_esp32_rom BUNDLE TESTS
 #       the same two measurements with the modules imported from BUNDLE/romfs.img
@@ -172,7 +174,7 @@ def board_hal(core, board, clk):
     # the board's HAL on the fakes, its flash the bundle directory (node.json there)
     from board_fakes import net
     return core.make_hal(BUNDLE, platform=board, quiet=True, clock=clk, sockets=net,
-                         poller=net.Poll(), machine_name="Generic ESP32 module with ESP32")
+                         poller=net.Poll(), machine_name=MACHINE_NAMES[board])
 
 
 def run_steps(node, hal, clk):
@@ -211,7 +213,8 @@ def ram(board="unix", tests=None, rom=False):
         modules = MODULES
     else:
         clk = install_fakes(board, tests)
-        modules = BOARD_MODULES
+        modules = tuple(BOARD_HAL_MODULE[board] if m == "firmware.hal_esp32" else m
+                        for m in BOARD_MODULES)
     base = yield
     out = {"modules": {}}
     if image is not None:
@@ -327,6 +330,10 @@ CHAIN_BOARD_MODULES = ("protocol", "protocol.codes", "protocol.topics", "protoco
                        "protocol.cbor_lite", "protocol.framing", "protocol.link", "firmware",
                        "firmware.sensors", "firmware.hal_board", "firmware.hal_esp32",
                        "firmware.core", "firmware.outbox", "firmware.chain")
+
+MACHINE_NAMES = {"esp32": "Generic ESP32 module with ESP32",
+                 "rp2": "Raspberry Pi Pico W with RP2040"}
+BOARD_HAL_MODULE = {"esp32": "firmware.hal_esp32", "rp2": "firmware.hal_pico"}
 
 BOARD_MODULES = ("protocol", "protocol.topics", "protocol.nodewire", "protocol.cbor_lite",
                  "firmware", "firmware.sensors", "firmware.subscribers",
@@ -474,6 +481,7 @@ def publish(port, rounds):
 
 
 RAM_MODES = {"ram": ("unix", False), "ram_rom": ("unix", True),
+             "ram_picow": ("rp2", False), "ram_picow_rom": ("rp2", True),
              "ram_esp32": ("esp32", False), "ram_esp32_rom": ("esp32", True)}
 
 CHAIN_MODES = {"ram_chain": (False, False, "unix"), "ram_chain_rom": (True, False, "unix"),
@@ -507,6 +515,7 @@ elif MODE == "heap":
 elif MODE == "publish":
     print(json.dumps(publish(int(ARGS[2]), int(ARGS[3]))))
 else:
-    raise SystemExit("usage: mp_node.py ram|ram_rom|ram_esp32|ram_esp32_rom|ram_chain|ram_chain_rom|"
+    raise SystemExit("usage: mp_node.py ram|ram_rom|ram_esp32|ram_esp32_rom|ram_picow|ram_picow_rom|"
+                     "ram_chain|ram_chain_rom|"
                      "ram_chain_durable|ram_chain_esp32|ram_chain_esp32_rom|heap|publish BUNDLE "
                      "[PORT ROUNDS | TESTS]")

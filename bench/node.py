@@ -218,9 +218,11 @@ def micropython_side(tmp: Path, rounds: int) -> dict:
     # the unix bundle and an ESP32 bundle (its board modules faked), from .mpy files and
     # from the bundle's romfs.img mounted at /rom; 64-bit (unix) and 32-bit (wasm)
     esp32 = build(tmp, "esp32")
+    picow = build(tmp, "pico-w")
     tests = str(ROOT / "tests")
     runs: dict[str, list[Any]] = {"ram": [bundle], "ram_rom": [bundle],
-                                  "ram_esp32": [esp32, tests], "ram_esp32_rom": [esp32, tests]}
+                                  "ram_esp32": [esp32, tests], "ram_esp32_rom": [esp32, tests],
+                                  "ram_picow": [picow, tests], "ram_picow_rom": [picow, tests]}
     for mode, args in runs.items():
         out[mode + "_64"] = run_unix([mode] + [str(a) for a in args])
     for mode, args in runs.items():
@@ -342,8 +344,9 @@ MODULE_LABEL = {"firmware.config": "config+codes, dropped"}
 
 
 RAM_RUNS = (("ram", "unix, .mpy"), ("ram_rom", "unix, ROMFS"), ("ram_esp32", "ESP32, .mpy"),
-            ("ram_esp32_rom", "ESP32, ROMFS"))
-BOARD_ROWS = ("firmware.hal_board", "firmware.hal_esp32")
+            ("ram_esp32_rom", "ESP32, ROMFS"), ("ram_picow", "Pico W, .mpy"),
+            ("ram_picow_rom", "Pico W, ROMFS"))
+BOARD_ROWS = ("firmware.hal_board", "firmware.hal_esp32", "firmware.hal_pico")
 CHAIN_RUNS = (("ram_chain", ".mpy"), ("ram_chain_rom", "ROMFS"), ("ram_chain_durable", ".mpy, durable"))
 CHAIN_BOARD_RUNS = (("ram_chain_esp32", ".mpy"), ("ram_chain_esp32_rom", "ROMFS"))
 CHAIN_BOARD_ORDER = ("protocol", "protocol.codes", "protocol.topics", "protocol.nodewire",
@@ -386,7 +389,7 @@ def print_chain_table(mp: dict, runs: tuple = CHAIN_RUNS, order: tuple = CHAIN_O
 def print_table(r: dict) -> None:
     mp = r["micropython"]
     r64 = mp["ram_64"]
-    print("RAM held after boot, bytes: `starling build` bundles for the unix HAL and for ESP32"
+    print("RAM held after boot, bytes: `starling build` bundles for the unix HAL, ESP32 and Pico W"
           " (board modules faked), %d bytes of .mpy (unix bundle)" % mp["bundle_bytes"])
 
     def cell(run: dict | None, key: str, module: bool = True) -> str:
@@ -408,8 +411,8 @@ def print_table(r: dict) -> None:
             print("  %-22s" % label + "".join(cell(mp.get(m + w), key, False) for m, _ in RAM_RUNS))
     rom = mp["ram_rom_64"]
     print("  (ROMFS: modules imported in place from romfs.img (%d bytes, unix bundle) mounted at /rom,"
-          " %s; the image buffer is allocated before the baseline; ESP32 rows include begin():"
-          " Wi-Fi join, NTP)" % (rom["image_bytes"], rom["from"]))
+          " %s; the image buffer is allocated before the baseline; the board rows include"
+          " begin(): Wi-Fi join, NTP)" % (rom["image_bytes"], rom["from"]))
     print("  protocol.cbor imported by a booted node: %s"
           % ("yes" if any(mp[m + w].get("cbor_loaded") for w in ("_64", "_32") for m, _ in RAM_RUNS
                           if mp.get(m + w)) else "no"))
