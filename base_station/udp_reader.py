@@ -15,11 +15,12 @@ sharing a GIL:
 
 The station opens and binds the socket (bind errors surface there, and it reads the
 kernel's drop count from /proc/net/udp by the socket's inode as before) and passes
-the descriptor to the reader. When /proc/net/udp has the socket (DROPS "proc") the
-reader uses recvfrom_into, ~0.6 µs per datagram cheaper than recvmsg_into with
-ancillary data; else ("ovfl") recvmsg_into, passing on the SO_RXQ_OVFL drop count. Nothing is lost between the two: the pipe does not
-drop, and when it is full the reader waits, so the kernel socket buffer fills and
-drops what it must, counted as kernel drops as without a reader process.
+the descriptor to the reader. When /proc/net/udp has the socket (last argument
+"proc") the reader uses recvfrom_into, ~0.6 µs per datagram cheaper than
+recvmsg_into with ancillary data; else ("ovfl") recvmsg_into, passing on the
+SO_RXQ_OVFL drop count. Nothing is lost between the two: the pipe does not drop, and
+when it is full the reader waits, so the kernel socket buffer fills and drops what it
+must, counted as kernel drops as without a reader process.
 
 Records on the pipe, big-endian:
 
