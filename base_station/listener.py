@@ -44,6 +44,7 @@ Send errors (no route, network down) are counted and logged, never fatal.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import select
@@ -218,7 +219,12 @@ class UdpListener(asyncio.DatagramProtocol):
                     self._ovfl = True
                 except OSError:
                     self._ovfl = False
-            sock.bind((self.host, self.port))
+            try:
+                sock.bind((self.host, self.port))
+            except OSError as e:     # say which address (EADDRINUSE: another station?)
+                hint = " (another station on that port?)" if e.errno == errno.EADDRINUSE else ""
+                raise OSError(e.errno, "cannot receive on %s:%d: %s%s"
+                              % (self.host, self.port, e.strerror or e, hint)) from None
             # /proc/net/udp counts this socket's drops: no ancillary data needed
             self._drops_from_proc = proc_udp_drops(sock) is not None
             sock.setblocking(False)

@@ -4,6 +4,7 @@ subscribers; kernel drops."""
 
 import asyncio
 import csv
+import errno
 import json
 import logging
 import os
@@ -414,9 +415,12 @@ def test_bind_failure_leaves_nothing_running():
     taken.bind(("127.0.0.1", 0))
     try:
         st = station(udp=[("127.0.0.1", 0), taken.getsockname()])
-        with pytest.raises(OSError):
+        with pytest.raises(OSError) as e:
             run(st.start())
         assert st.listeners == []
+        assert e.value.errno == errno.EADDRINUSE
+        assert str(e.value).endswith("cannot receive on 127.0.0.1:%d: Address already in use "
+                                     "(another station on that port?)" % taken.getsockname()[1])
     finally:
         taken.close()
 
