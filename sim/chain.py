@@ -58,7 +58,7 @@ from typing import Any
 
 from firmware import config as fw_config
 from sim.fleet import default_sensors, with_rate
-from sim.runtime import NodeProcess
+from sim.runtime import NodeProcess, ensure_fd_limit
 from sim.wire import WireChain
 
 BOOT_TIMEOUT = 10.0
@@ -202,6 +202,7 @@ class Chain:
             raise RuntimeError("chain already started")
         self._started = True
         self._t0 = time.monotonic()
+        ensure_fd_limit(2 * self.k + 1)   # a pty pair per wire besides each node's files
         per_wire = {i: dict(v) for i, v in (self.per_wire or {}).items()}
         if self.serial_link:
             per_wire.setdefault(0, {})["link_a"] = self.serial_link

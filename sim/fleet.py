@@ -51,7 +51,7 @@ from firmware import config as fw_config
 from firmware import hal_unix
 from firmware import node as fw_node
 from sim.relay import Relay
-from sim.runtime import NodeProcess, micropython_command  # noqa: F401 (re-exported)
+from sim.runtime import NodeProcess, ensure_fd_limit, micropython_command  # noqa: F401 (re-exported)
 
 RUNTIMES = ("micropython", "cpython")
 
@@ -245,6 +245,8 @@ class Fleet:
         first STATUS sent). Raises RuntimeError if a node does not boot in time."""
         if self._started:
             raise RuntimeError("fleet already started")
+        if self.runtime != "cpython":
+            ensure_fd_limit(len(self.members))
         self._started = True
         self._t0 = time.monotonic()
         if self.use_relays:

@@ -27,6 +27,34 @@ def micropython_command() -> str:
     return found
 
 
+FDS_PER_PROCESS = 3   # a node process's stdin pipe and log file here, and the child watcher's
+FD_SLACK = 256        # sockets, relays, a station in the same process, the interpreter's own
+
+
+def ensure_fd_limit(processes: int) -> None:
+    """Make room for `processes` node processes in this process's open-file limit.
+
+    Desktops default to a soft limit of 1,024 files, which a few hundred MicroPython
+    nodes exceed halfway through starting ("Too many open files"). The soft limit is
+    raised to the hard one when it is too low. Raises RuntimeError, before anything
+    starts, when the hard limit is too low as well."""
+    try:
+        import resource
+    except ImportError:            # not POSIX: nothing to adjust
+        return
+    need = processes * FDS_PER_PROCESS + FD_SLACK
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    inf = resource.RLIM_INFINITY
+    if soft == inf or soft >= need:
+        return
+    if hard != inf and hard < need:
+        raise RuntimeError(
+            "%d MicroPython node processes need about %d open files, and the limit is %d "
+            "(ulimit -Hn): raise it, or use the in-process cpython runtime"
+            % (processes, need, hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need if hard == inf else hard, hard))
+
+
 class NodeProcess:
     """One firmware node as a `micropython` process, and the boots it has had.
 

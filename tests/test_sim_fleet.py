@@ -84,3 +84,34 @@ def test_node_config_points_at_relays_and_checks_itself():
         Fleet(1, bases=[], discovery_port=None)
     with pytest.raises(ValueError):
         with_rate([{"topic": "a", "kind": "counter"}], 0)
+
+
+def test_open_file_limit_is_raised_or_refused_before_any_node_starts(tmp_path):
+    # run in a child: the limits are per process. A soft limit below what N node
+    # processes need is raised to the hard one; a hard limit below it is a clear error
+    # from Fleet.start() with nothing spawned.
+    import subprocess
+    script = r"""
+import asyncio, resource, sys
+sys.path.insert(0, %r)
+from sim.fleet import Fleet
+from sim.runtime import ensure_fd_limit
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 4096))
+ensure_fd_limit(300)
+print("raised", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+fleet = Fleet(100, runtime="micropython", bases=[("127.0.0.1", 9)], workdir=%r)
+try:
+    asyncio.run(fleet.start())
+except RuntimeError as e:
+    print("refused", e)
+print("spawned", sum(1 for m in fleet.members.values() if m.proc is not None))
+""" % (str(Path(__file__).resolve().parent.parent), str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "raised 4096"
+    assert lines[1] == ("refused 100 MicroPython node processes need about 556 open files, and "
+                        "the limit is 64 (ulimit -Hn): raise it, or use the in-process cpython "
+                        "runtime")
+    assert lines[2] == "spawned 0"
