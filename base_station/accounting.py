@@ -35,8 +35,9 @@ insert/delete (a memmove, fast for the capped size).
 
 Bounds and what happens beyond them
 -----------------------------------
-* At most `max_holes` (default 16384) separate holes per epoch. When a new gap would
-  exceed it, the oldest quarter of the holes is *forgotten*: those seqs stay counted
+* At most `max_holes` (default 16384) separate holes per epoch. When a new gap, or a
+  late arrival that splits a hole in two, takes them past it, the oldest quarter of the
+  holes is *forgotten*: those seqs stay counted
   as lost for good, and `floor` moves above them. A copy of a seq below `floor` that
   is not provably accounted can no longer be told from a duplicate: it is counted
   `too_late` and not delivered (at most `max_holes` separate gaps are ever
@@ -127,6 +128,13 @@ class EpochStream:
             self.next = seq0 + n
             self.received += n
             return ALL
+        got = self._add(seq0, n, skip, nxt)
+        if len(self._hi) > self.max_holes:
+            self._cap()
+        return got
+
+    def _add(self, seq0: int, n: int, skip: int, nxt: int):
+        # add() past its in-order hot path
         lo = seq0 - skip
         if lo < 0:
             lo = 0
@@ -189,6 +197,8 @@ class EpochStream:
             self.start = self.next = since
         elif since < self.start:
             self._extend_down(since)
+            if len(self._hi) > self.max_holes:
+                self._cap()
         elif since > self.next:
             self.skipped += since - self.next
             self.next = since
@@ -222,8 +232,11 @@ class EpochStream:
             return
         self._lo.append(a)
         hi.append(b)
-        if len(hi) > self.max_holes:
-            self._forget(len(hi) - self.max_holes * 3 // 4)
+
+    def _cap(self) -> None:
+        # more than max_holes holes (a new gap, or a late arrival splitting a hole in
+        # two): forget the oldest, keeping three quarters of the cap
+        self._forget(len(self._hi) - self.max_holes * 3 // 4)
 
     def _forget(self, count: int) -> None:
         lost = sum(h - lo for lo, h in zip(self._lo[:count], self._hi[:count]))

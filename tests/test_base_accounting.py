@@ -162,6 +162,46 @@ def test_hole_cap_forgets_oldest_and_counts_too_late():
     assert s.lost == 18
 
 
+def test_arrivals_that_split_holes_stay_within_the_cap():
+    # one huge gap, then every other seq inside it: each arrival splits a hole in two.
+    # Before, only a new gap checked the cap, so a sender could grow the hole list
+    # (and the memmove of every insert) without bound
+    s = EpochStream(0, max_holes=8)
+    s.add(0, 1)
+    s.add(1_000_000, 1)                       # hole [1, 1000000)
+    for q in range(2, 2002, 2):
+        s.add(q, 1)
+        assert len(s.holes()) <= 8
+    assert s.lost == s.missing == 999_999 - s.received + 2
+    assert s.received + s.too_late + s.duplicates == 1002
+    lo = [a for a, _ in s.holes()]
+    assert lo == sorted(lo) and s.floor <= lo[0]
+    # a `since` below the start opens a hole in front: within the cap too
+    t = EpochStream(0, max_holes=4)
+    for q in range(10, 30, 2):
+        t.add(q, 1)
+    t.set_since(0)
+    assert len(t.holes()) <= 4 and t.lost == t.missing
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 400), st.integers(1, 5), st.integers(0, 6)),
+                max_size=80),
+       st.integers(4, 12))
+def test_small_hole_cap_keeps_every_invariant(arrivals, cap):
+    s = EpochStream(0, max_holes=cap)
+    total = 0
+    for seq0, n, skip in arrivals:
+        s.add(seq0, n, skip)
+        total += n
+        h = s.holes()
+        assert len(h) <= cap
+        assert all(a < b for a, b in h) and all(h[i][1] < h[i + 1][0] for i in range(len(h) - 1))
+        assert s.lost == s.missing >= 0
+        assert not h or h[0][0] >= s.floor
+    assert s.received + s.duplicates + s.too_late == total
+
+
 def test_in_order_batches_keep_no_holes():
     s = EpochStream(0)
     seq = 0
