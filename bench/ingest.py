@@ -6,12 +6,12 @@ What runs, side by side in one run, each receiver in its own process, fed by a
 separate sender process on 127.0.0.1 (nothing leaves the loopback interface):
 
 * ``starling``: BaseStation (base_station/station.py) decoding (base_station/wire.py),
-  accounting per node and epoch; no sink. Its own recvmsg reader, 4 MB buffer asked for
+  accounting per node and epoch; no sink. Its own recvfrom reader, 4 MB buffer asked for
   (the kernel doubles it to 8 MB; --rcvbuf changes it for every UDP receiver).
 * ``starling+sqlite``: the same with SQLiteSink(process=True), what `starling listen`
   runs: every reading written to a SQLite file (WAL) by a writer process.
 * ``starling+reader``: ``starling`` with `reader_process=True` (`starling listen
-  --reader-process`): a separate process does the recvmsg calls and hands the
+  --reader-process`): a separate process does the receive calls and hands the
   datagrams over a pipe (base_station/udp_reader.py), so receiving and decoding run
   on two cores, as zenoh's I/O threads do for its subscriber; its CPU counts both.
 * ``json``: a plain asyncio DatagramProtocol doing json.loads and counting readings;
