@@ -31,8 +31,10 @@
 #       down UART) booted from a unix bundle's modules, from .mpy files or ROMFS, with
 #       the RAM-only outbox (the config default) or durable (the flash log's buffers).
 #   micropython -X heapsize=256K bench/mp_node.py ram_chain_esp32|ram_chain_esp32_rom BUNDLE TESTS
-#       a serial-chain node on the ESP32 HAL (board modules faked as for ram_esp32),
-#       BUNDLE an ESP32 bundle built from a chain node's node.json (UART pins, no Wi-Fi).
+#   micropython -X heapsize=256K bench/mp_node.py ram_chain_pico|ram_chain_pico_rom BUNDLE TESTS
+#       a serial-chain node on the ESP32 or Pico HAL (board modules faked as for
+#       ram_esp32), BUNDLE a bundle built from a chain node's node.json (UART pins, no
+#       Wi-Fi).
 #   micropython -X heapsize=256K bench/mp_node.py heap BUNDLE
 #       heap bytes per publish with a HAL whose udp_send does nothing (both ports:
 #       the webassembly port has no sockets), int and float EVENT, int BATCH of 20.
@@ -286,7 +288,8 @@ def ram_chain(rom=False, durable=False, board="unix", tests=None):
         modules = CHAIN_MODULES
     else:
         clk = install_fakes(board, tests)
-        modules = CHAIN_BOARD_MODULES
+        modules = tuple(BOARD_HAL_MODULE[board] if m == "firmware.hal_esp32" else m
+                        for m in CHAIN_BOARD_MODULES)
     base = yield
     out = {"modules": {}}
     if image is not None:
@@ -332,7 +335,7 @@ CHAIN_BOARD_MODULES = ("protocol", "protocol.codes", "protocol.topics", "protoco
                        "firmware.core", "firmware.outbox", "firmware.chain")
 
 MACHINE_NAMES = {"esp32": "Generic ESP32 module with ESP32",
-                 "rp2": "Raspberry Pi Pico W with RP2040"}
+                 "rp2": "Raspberry Pi Pico W with RP2040"}   # a chain node does not join Wi-Fi
 BOARD_HAL_MODULE = {"esp32": "firmware.hal_esp32", "rp2": "firmware.hal_pico"}
 
 BOARD_MODULES = ("protocol", "protocol.topics", "protocol.nodewire", "protocol.cbor_lite",
@@ -486,7 +489,8 @@ RAM_MODES = {"ram": ("unix", False), "ram_rom": ("unix", True),
 
 CHAIN_MODES = {"ram_chain": (False, False, "unix"), "ram_chain_rom": (True, False, "unix"),
                "ram_chain_durable": (False, True, "unix"),
-               "ram_chain_esp32": (False, False, "esp32"), "ram_chain_esp32_rom": (True, False, "esp32")}
+               "ram_chain_esp32": (False, False, "esp32"), "ram_chain_esp32_rom": (True, False, "esp32"),
+               "ram_chain_pico": (False, False, "rp2"), "ram_chain_pico_rom": (True, False, "rp2")}
 
 if MODE in RAM_MODES or MODE in CHAIN_MODES:
     if MODE in CHAIN_MODES:
@@ -515,7 +519,5 @@ elif MODE == "heap":
 elif MODE == "publish":
     print(json.dumps(publish(int(ARGS[2]), int(ARGS[3]))))
 else:
-    raise SystemExit("usage: mp_node.py ram|ram_rom|ram_esp32|ram_esp32_rom|ram_picow|ram_picow_rom|"
-                     "ram_chain|ram_chain_rom|"
-                     "ram_chain_durable|ram_chain_esp32|ram_chain_esp32_rom|heap|publish BUNDLE "
-                     "[PORT ROUNDS | TESTS]")
+    raise SystemExit("usage: mp_node.py MODE BUNDLE [PORT ROUNDS | TESTS], MODE one of "
+                     + "|".join(sorted(RAM_MODES) + sorted(CHAIN_MODES) + ["heap", "publish"]))

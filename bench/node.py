@@ -81,12 +81,15 @@ NODE_CONFIG = {"node": 7, "bases": [["127.0.0.1", 5684]],
                            {"topic": "count", "kind": "counter", "period_ms": 1000}],
                "status_every_ms": 5000}
 
-# a middle chain node on an ESP32 (bench/mp_node.py ram_chain_esp32): the sensors and
-# STATUS period of mp_node.py's CHAIN_CONFIG, UART1/UART2 on free pins
-CHAIN_BOARD_CONFIG = {"node": 7, "transport": "serial",
-                      "uart": {"up": {"id": 1, "tx": 17, "rx": 16, "baud": 115200},
-                               "down": {"id": 2, "tx": 4, "rx": 5, "baud": 115200}},
-                      "sensors": NODE_CONFIG["sensors"], "status_every_ms": 5000}
+# a middle chain node on a board (bench/mp_node.py ram_chain_esp32 / ram_chain_pico): the
+# sensors and STATUS period of mp_node.py's CHAIN_CONFIG, two UARTs on pins the board
+# allows (ESP32: UART1/UART2 on free GPIOs; Pico: UART0 on GP0/GP1, UART1 on GP4/GP5)
+CHAIN_BOARD_UARTS = {
+    "esp32": {"up": {"id": 1, "tx": 17, "rx": 16, "baud": 115200},
+              "down": {"id": 2, "tx": 4, "rx": 5, "baud": 115200}},
+    "pico": {"up": {"id": 0, "tx": 0, "rx": 1, "baud": 115200},
+             "down": {"id": 1, "tx": 4, "rx": 5, "baud": 115200}},
+}
 
 # Runs mp_node.py on the webassembly port: copies the bundle into its in-memory
 # filesystem and passes the arguments as the global MP_ARGS (it has no sys.argv).
@@ -135,7 +138,8 @@ def build(tmp: Path, board: str = "unix", chain: bool = False) -> Path:
     name = board + ("-chain" if chain else "")
     cfg = tmp / ("node-%s.json" % name)
     if chain:
-        d = dict(CHAIN_BOARD_CONFIG)
+        d = {"node": 7, "transport": "serial", "uart": CHAIN_BOARD_UARTS[board],
+             "sensors": NODE_CONFIG["sensors"], "status_every_ms": 5000}
     else:
         d = dict(NODE_CONFIG)
         if board != "unix":
@@ -232,10 +236,11 @@ def micropython_side(tmp: Path, rounds: int) -> dict:
     for mode, _ in CHAIN_RUNS:
         out[mode + "_64"] = run_unix([mode, str(bundle)])
         out[mode + "_32"] = run_wasm(tmp, bundle, [mode])
-    esp32_chain = build(tmp, "esp32", chain=True)
-    for mode, _ in CHAIN_BOARD_RUNS:
-        out[mode + "_64"] = run_unix([mode, str(esp32_chain), tests])
-        out[mode + "_32"] = run_wasm(tmp, esp32_chain, [mode, tests])
+    for board, board_runs in (("esp32", CHAIN_BOARD_RUNS), ("pico", CHAIN_PICO_RUNS)):
+        chain_bundle = build(tmp, board, chain=True)
+        for mode, _ in board_runs:
+            out[mode + "_64"] = run_unix([mode, str(chain_bundle), tests])
+            out[mode + "_32"] = run_wasm(tmp, chain_bundle, [mode, tests])
     out["heap_64"] = run_unix(["heap", str(bundle)])
     counter = Counter()
     try:
@@ -349,6 +354,7 @@ RAM_RUNS = (("ram", "unix, .mpy"), ("ram_rom", "unix, ROMFS"), ("ram_esp32", "ES
 BOARD_ROWS = ("firmware.hal_board", "firmware.hal_esp32", "firmware.hal_pico")
 CHAIN_RUNS = (("ram_chain", ".mpy"), ("ram_chain_rom", "ROMFS"), ("ram_chain_durable", ".mpy, durable"))
 CHAIN_BOARD_RUNS = (("ram_chain_esp32", ".mpy"), ("ram_chain_esp32_rom", "ROMFS"))
+CHAIN_PICO_RUNS = (("ram_chain_pico", ".mpy"), ("ram_chain_pico_rom", "ROMFS"))
 CHAIN_BOARD_ORDER = ("protocol", "protocol.codes", "protocol.topics", "protocol.nodewire",
                      "protocol.cbor_lite", "protocol.framing", "protocol.link", "firmware",
                      "firmware.sensors", "firmware.hal_board", "firmware.hal_esp32",
@@ -422,6 +428,10 @@ def print_table(r: dict) -> None:
     print_chain_table(mp)
     print_chain_table(mp, CHAIN_BOARD_RUNS, CHAIN_BOARD_ORDER,
                       "ESP32 HAL, board modules faked, config row includes begin()")
+    print_chain_table(mp, CHAIN_PICO_RUNS,
+                      tuple("firmware.hal_pico" if m == "firmware.hal_esp32" else m
+                            for m in CHAIN_BOARD_ORDER),
+                      "Pico HAL, board modules faked, config row includes begin()")
     p = mp["publish_64"]
     h32 = mp["heap_32"] or {}
     print("Publish on the unix port (one subscriber at 127.0.0.1; µs with GC on, heap with GC off)")
