@@ -43,6 +43,11 @@ Bounds and what happens beyond them
   `too_late` and not delivered (at most `max_holes` separate gaps are ever
   recoverable; the span of a single hole is unlimited, so a long outage costs one
   entry).
+* At most `MAX_HOLES_TOTAL` (2**20, ~75 MB) holes over all the streams sharing a
+  `HoleBudget` (a station's). A stream that adds a hole while the budget is exceeded
+  forgets the older half of its own holes, as above: a sender that invents node ids
+  and gaps cannot grow the station past the budget, and every count stays exact (only
+  late arrivals below a forgotten hole become `too_late`).
 * At most `keep_epochs` (default 3, the current one included) epochs per node stay
   open for late datagrams from before a reboot; an older one is *closed*: its totals
   stay in the node's totals, and a datagram for a closed or never-seen older epoch is
@@ -69,19 +74,30 @@ from typing import Any
 
 ALL = True            # add() result: every seq of the range was new
 MAX_HOLES = 16384
+MAX_HOLES_TOTAL = 1 << 20   # holes of all the streams sharing a HoleBudget (a station's)
 KEEP_EPOCHS = 3
 RATE_WINDOW = 5       # seconds of history behind NodeAccount.rate()
 LAST_TOPICS = 256     # last value kept for at most this many topics per node
+
+
+class HoleBudget:
+    """How many holes the streams sharing it hold (`used`) and may hold (`limit`)."""
+
+    __slots__ = ("used", "limit")
+
+    def __init__(self, limit: int = MAX_HOLES_TOTAL):
+        self.used = 0
+        self.limit = max(4, limit)
 
 
 class EpochStream:
     """Accounting of one (node, epoch) stream. See the module docstring."""
 
     __slots__ = ("epoch", "start", "next", "since", "received", "skipped", "duplicates",
-                 "out_of_order", "too_late", "forgotten", "floor", "max_holes", "_lo", "_hi",
-                 "time_base", "status")
+                 "out_of_order", "too_late", "forgotten", "floor", "max_holes", "budget",
+                 "_lo", "_hi", "time_base", "status")
 
-    def __init__(self, epoch: int, max_holes: int = MAX_HOLES):
+    def __init__(self, epoch: int, max_holes: int = MAX_HOLES, budget: HoleBudget | None = None):
         self.epoch = epoch
         self.start: int | None = None   # first expected seq (None until anything is known)
         self.next = 0                    # one past the highest seq accounted for
@@ -94,6 +110,7 @@ class EpochStream:
         self.forgotten = 0               # lost seqs whose holes were dropped (max_holes)
         self.floor = 0                   # holes below this were forgotten
         self.max_holes = max(4, max_holes)
+        self.budget = budget             # shared with the station's other streams, or None
         self._lo: list[int] = []         # hole starts, ascending
         self._hi: list[int] = []         # hole ends (exclusive), ascending
         self.time_base: int | None = None  # Unix ms at uptime 0, from STATUS
@@ -128,9 +145,10 @@ class EpochStream:
             self.next = seq0 + n
             self.received += n
             return ALL
+        before = len(self._hi)
         got = self._add(seq0, n, skip, nxt)
-        if len(self._hi) > self.max_holes:
-            self._cap()
+        if len(self._hi) != before:
+            self._holes_changed(before)
         return got
 
     def _add(self, seq0: int, n: int, skip: int, nxt: int):
@@ -196,9 +214,10 @@ class EpochStream:
         if self.start is None:
             self.start = self.next = since
         elif since < self.start:
+            before = len(self._hi)
             self._extend_down(since)
-            if len(self._hi) > self.max_holes:
-                self._cap()
+            if len(self._hi) != before:
+                self._holes_changed(before)
         elif since > self.next:
             self.skipped += since - self.next
             self.next = since
@@ -233,10 +252,29 @@ class EpochStream:
         self._lo.append(a)
         hi.append(b)
 
-    def _cap(self) -> None:
-        # more than max_holes holes (a new gap, or a late arrival splitting a hole in
-        # two): forget the oldest, keeping three quarters of the cap
-        self._forget(len(self._hi) - self.max_holes * 3 // 4)
+    def _holes_changed(self, before: int) -> None:
+        # The number of holes went from `before` to len(_hi) (a new gap, a late arrival
+        # splitting a hole in two, a filled one). Past max_holes: forget the oldest,
+        # keeping three quarters of the cap. Past the shared budget (other streams hold
+        # it, e.g. a sender inventing ids and gaps): forget the older half of ours (the
+        # one hole of a stream with one).
+        n = len(self._hi)
+        if n > self.max_holes:
+            self._forget(n - self.max_holes * 3 // 4)
+            n = len(self._hi)
+        b = self.budget
+        if b is not None:
+            b.used += n - before
+            if b.used > b.limit and n:
+                drop = (n + 1) // 2
+                self._forget(drop)
+                b.used -= drop
+
+    def release(self) -> None:
+        """The stream is closed: its holes no longer count against the budget."""
+        if self.budget is not None:
+            self.budget.used -= len(self._hi)
+            self.budget = None
 
     def _forget(self, count: int) -> None:
         lost = sum(h - lo for lo, h in zip(self._lo[:count], self._hi[:count]))
@@ -335,9 +373,11 @@ class NodeAccount:
     """Everything known about one node: its open epochs, totals of closed ones,
     reboots, rate, last values, last STATUS."""
 
-    def __init__(self, node: int, max_holes: int = MAX_HOLES, keep_epochs: int = KEEP_EPOCHS):
+    def __init__(self, node: int, max_holes: int = MAX_HOLES, keep_epochs: int = KEEP_EPOCHS,
+                 budget: HoleBudget | None = None):
         self.node = node
         self.max_holes = max_holes
+        self.budget = budget
         self.keep_epochs = max(1, keep_epochs)
         self.epochs: dict[int, EpochStream] = {}   # open epochs, oldest first
         self.current: EpochStream | None = None
@@ -368,12 +408,13 @@ class NodeAccount:
             return None
         if cur is not None:
             self.reboots += 1
-        s = EpochStream(epoch, self.max_holes)
+        s = EpochStream(epoch, self.max_holes, self.budget)
         self.epochs[epoch] = s
         self.current = s
         while len(self.epochs) > self.keep_epochs:
             oldest = min(self.epochs)
             closed = self.epochs.pop(oldest)
+            closed.release()
             for k, v in closed.totals().items():
                 self.closed[k] += v
         return s

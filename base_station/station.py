@@ -42,7 +42,8 @@ from protocol.messages import (KIND_NAMES, Announce, Batch, DeadLetter, Event, M
 from protocol.topics import topic_matches, valid_filter
 
 from base_station import wire
-from base_station.accounting import (ALL, KEEP_EPOCHS, LAST_TOPICS, MAX_HOLES, NodeAccount)
+from base_station.accounting import (ALL, KEEP_EPOCHS, LAST_TOPICS, MAX_HOLES, MAX_HOLES_TOTAL,
+                                     HoleBudget, NodeAccount)
 from base_station.listener import RCVBUF, Announcer, UdpListener
 from base_station.records import Block, Reading
 from base_station.sinks import Sink, _json_default
@@ -244,6 +245,9 @@ class BaseStation:
         max_nodes: node ids accounted at most (default MAX_NODES): without keys anyone
             can send, and each new id costs memory. Messages of further ids are
             rejected (reason "too_many_nodes"); the nodes already seen carry on.
+        max_holes_total: gaps (holes) the accounting keeps over all nodes and epochs
+            (default 2**20, ~75 MB); past it a stream that adds one forgets its older
+            half (base_station/accounting.py, "Bounds").
     """
 
     def __init__(self, *, udp: Iterable[tuple[str, int]] = (("0.0.0.0", codes.UDP_PORT),),
@@ -255,7 +259,7 @@ class BaseStation:
                  max_datagram: int = codes.MAX_DATAGRAM, max_holes: int = MAX_HOLES,
                  keep_epochs: int = KEEP_EPOCHS, rcvbuf: int = RCVBUF,
                  reader_process: bool = False, max_nodes: int = MAX_NODES,
-                 clock: Callable[[], float] = time.time):
+                 max_holes_total: int = MAX_HOLES_TOTAL, clock: Callable[[], float] = time.time):
         self.udp = list(udp)
         self.discovery = list(discovery)
         self.announce_enabled = announce and bool(self.discovery)
@@ -284,6 +288,7 @@ class BaseStation:
         if type(max_nodes) is not int or max_nodes < 1:
             raise ValueError("max_nodes must be at least 1, got %r" % (max_nodes,))
         self.max_nodes = max_nodes
+        self.hole_budget = HoleBudget(max_holes_total)
         self.clock = clock
         self.nodes: dict[int, NodeAccount] = {}
         self.listeners: list[UdpListener] = []
@@ -612,7 +617,8 @@ class BaseStation:
                 self._reject("too_many_nodes", source, "node %d: already accounting for %d "
                              "nodes (max_nodes)" % (node, self.max_nodes))
                 return None
-            acct = self.nodes[node] = NodeAccount(node, self.max_holes, self.keep_epochs)
+            acct = self.nodes[node] = NodeAccount(node, self.max_holes, self.keep_epochs,
+                                                  self.hole_budget)
         acct.last_seen = arrival
         acct.source = source
         return acct
