@@ -63,6 +63,9 @@ DEFAULT_LEASE = 60
 # holes and last values grow within their own bounds), so a sender without a key that
 # invents a new id per datagram stops at ~50 MB instead of growing without end.
 MAX_NODES = 16384
+# Last values kept over all nodes (LAST_TOPICS per node): a node's new topic gets none
+# once this many are kept (its readings are accounted and delivered as ever).
+LAST_TOTAL = 1 << 16
 
 
 # A node that boots waits for the next ANNOUNCE to learn of us: however long the lease,
@@ -289,6 +292,7 @@ class BaseStation:
             raise ValueError("max_nodes must be at least 1, got %r" % (max_nodes,))
         self.max_nodes = max_nodes
         self.hole_budget = HoleBudget(max_holes_total)
+        self._last_total = 0             # topics with a last value, over all nodes
         self.clock = clock
         self.nodes: dict[int, NodeAccount] = {}
         self.listeners: list[UdpListener] = []
@@ -648,9 +652,14 @@ class BaseStation:
             return                                   # a duplicate, or too late
         if s.next == seq + 1:
             last = acct.last
-            if topic not in last and len(last) >= LAST_TOPICS:
+            if topic in last:
+                last[topic] = value
+            elif len(last) >= LAST_TOPICS:
                 last.pop(next(iter(last)))
-            last[topic] = value
+                last[topic] = value
+            elif self._last_total < LAST_TOTAL:
+                self._last_total += 1
+                last[topic] = value
         acct.count_rate(1, arrival)
         self.counters["readings"] += 1
         tb = s.time_base
@@ -698,9 +707,16 @@ class BaseStation:
         if got is ALL:
             if s.next == seq0 + n:
                 last = acct.last
+                before = len(last)
                 last.update(zip(topics, values))
                 while len(last) > LAST_TOPICS:
                     last.pop(next(iter(last)))
+                grown = len(last) - before
+                if grown > 0:
+                    over = self._last_total + grown - LAST_TOTAL
+                    for _ in range(over):        # the newest topics: no room station-wide
+                        last.popitem()
+                    self._last_total += grown - max(0, over)
             acct.count_rate(n, arrival)
             self._deliver(Block(b.node, b.epoch, seq0, ts, topics, values, s.time_base, arrival))
             return

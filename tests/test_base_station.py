@@ -231,6 +231,27 @@ def test_node_ids_beyond_max_nodes_are_rejected_and_the_others_carry_on(caplog):
             BaseStation(udp=[], announce=False, max_nodes=bad)
 
 
+def test_last_values_are_bounded_over_all_nodes(monkeypatch):
+    # a node's new topic gets no last value once the station keeps LAST_TOTAL of them;
+    # its readings are still accounted; topics already kept go on updating
+    from base_station import station as station_mod
+    monkeypatch.setattr(station_mod, "LAST_TOTAL", 10)
+    st = BaseStation(udp=[], announce=False)
+    nodes = [TestNode(i) for i in (1, 2, 3)]
+    for n in nodes[:2]:
+        for k in range(4):
+            st.ingest(n.event("t%d" % k, k))               # 8 kept
+    st.ingest(nodes[2].batch([("b%d" % k, k) for k in range(5)]))   # room for 2 of 5
+    assert [len(st.nodes[i].last) for i in (1, 2, 3)] == [4, 4, 2]
+    assert st.nodes[3].last == {"b0": 0, "b1": 1}
+    st.ingest(nodes[2].event("new", 1))                    # no room
+    st.ingest(nodes[0].event("t0", 99))                    # kept topics update
+    st.ingest(nodes[2].batch([("b1", 7), ("b4", 4)]))
+    assert st.nodes[1].last["t0"] == 99 and st.nodes[3].last == {"b0": 0, "b1": 7}
+    assert st._last_total == 10 == sum(len(a.last) for a in st.nodes.values())
+    assert st.nodes[3].totals()["received"] == 8 and st.counters["readings"] == 17
+
+
 def test_announcer_sends_announce_that_decodes():
     async def main():
         rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
