@@ -52,7 +52,6 @@ def int_range(lo: int, hi: int | None = None) -> Callable[[str], int]:
                 "expected %s, got %s" % ("%d..%d" % (lo, hi) if hi is not None
                                          else "at least %d" % lo, text))
         return n
-    parse.__name__ = "whole number"       # argparse names the type in some messages
     return parse
 
 

@@ -32,7 +32,7 @@ import signal
 import sys
 from typing import Any
 
-from base_station.argtypes import count, non_negative, positive, probability
+from base_station.argtypes import count, int_range, non_negative, positive, probability
 from protocol import codes
 from sim.fleet import RUNTIMES, Fleet
 
@@ -107,7 +107,7 @@ def add_chain_arguments(c):
     argument group `c`; returns it. chain_from_args() reads them."""
     c.add_argument("--chain", type=count, default=None, metavar="K",
                    help="run K chain nodes on virtual UART wires (sim.chain)")
-    c.add_argument("--baud", type=lambda t: int(positive(t)), default=115200, metavar="B", help="line rate (default 115200)")
+    c.add_argument("--baud", type=int_range(1), default=115200, metavar="B", help="line rate (default 115200)")
     c.add_argument("--ber", type=probability, default=0.0, metavar="X", help="bit error rate per data bit")
     c.add_argument("--drop", type=probability, default=0.0, metavar="P", help="byte drop probability")
     c.add_argument("--cut-every", type=positive, default=None, metavar="S",

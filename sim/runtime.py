@@ -34,10 +34,11 @@ FD_SLACK = 256        # sockets, relays, a station in the same process, the inte
 def ensure_fd_limit(processes: int) -> None:
     """Make room for `processes` node processes in this process's open-file limit.
 
-    Desktops default to a soft limit of 1,024 files, which a few hundred MicroPython
-    nodes exceed halfway through starting ("Too many open files"). The soft limit is
-    raised to the hard one when it is too low. Raises RuntimeError, before anything
-    starts, when the hard limit is too low as well."""
+    Each node process holds about FDS_PER_PROCESS files here, so a fleet of ~300
+    would pass the soft limit of 1,024 that most desktops set, partway through starting
+    ("Too many open files"). The soft limit is raised to the hard one when it is too
+    low. Raises RuntimeError, before anything starts, when the hard limit is too low
+    as well."""
     try:
         import resource
     except ImportError:            # not POSIX: nothing to adjust
