@@ -57,6 +57,7 @@ _FastBatch = wire.FastBatch
 
 TICK = 0.2            # seconds between sink ticks (flushes)
 LOG_SOURCES = 1024    # sources remembered by the rate-limited log
+MAX_LOG_LINES = 20    # lines per second it writes over all sources
 DEFAULT_LEASE = 60
 # Node ids accounted at most (BaseStation max_nodes, `listen --max-nodes`). A node's
 # account is ~3 KB with a short history (measured: 20 readings, a gap, a STATUS; its
@@ -73,14 +74,22 @@ LAST_TOTAL = 1 << 16
 ANNOUNCE_EVERY_MAX = 5.0
 
 class RateLimitedLog:
-    """At most one log line per `interval` seconds per (source, what); the next line
-    says how many were suppressed. Remembers at most LOG_SOURCES keys."""
+    """At most one log line per `interval` seconds per (source, what), the next line
+    saying how many were suppressed, and at most `max_lines` per `interval` over all
+    keys: a flood from many source addresses (forged ones cost nothing) would otherwise
+    log every datagram. Remembers at most LOG_SOURCES keys."""
 
-    def __init__(self, logger: logging.Logger, interval: float = 1.0, clock=time.monotonic):
+    def __init__(self, logger: logging.Logger, interval: float = 1.0, clock=time.monotonic,
+                 max_lines: int = MAX_LOG_LINES):
         self.logger = logger
         self.interval = interval
         self.clock = clock
+        self.max_lines = max_lines
         self._seen: dict[Any, list] = {}   # key -> [last time, suppressed]
+        self._window = -interval            # start of the current all-keys window
+        self._lines = 0                     # lines logged in it
+        self._over = 0                      # lines over max_lines since the last summary
+        self._over_since = 0.0
 
     def __call__(self, level: int, key: Any, msg: str, *args: Any) -> bool:
         now = self.clock()
@@ -88,6 +97,17 @@ class RateLimitedLog:
         if entry is not None and now - entry[0] < self.interval:
             entry[1] += 1
             return False
+        if now - self._window >= self.interval:
+            self._window = now
+            self._lines = 0
+        if self._lines >= self.max_lines:
+            if not self._over:
+                self._over_since = now
+            self._over += 1
+            return False
+        self._lines += 1
+        if self._over:
+            self._summarise(now)
         suppressed = entry[1] if entry is not None else 0
         if entry is None and len(self._seen) >= LOG_SOURCES:
             self._seen.pop(next(iter(self._seen)))
@@ -97,6 +117,26 @@ class RateLimitedLog:
             args = args + (suppressed,)
         self.logger.log(level, msg, *args)
         return True
+
+    def tick(self) -> None:
+        """Say how many lines the all-sources bound suppressed once its window is over,
+        so a flood that stops is reported without waiting for the next line."""
+        if self._over:
+            now = self.clock()
+            if now - self._window >= self.interval:
+                self._window = now
+                self._lines = 1
+                self._summarise(now)
+
+    def flush(self) -> None:
+        if self._over:
+            self._summarise(self.clock())
+
+    def _summarise(self, now: float) -> None:
+        self.logger.log(logging.WARNING, "%d log lines suppressed in %.1f s (over %d per %g s "
+                        "from all sources; the counters have every one)", self._over,
+                        now - self._over_since, self.max_lines, self.interval)
+        self._over = 0
 
 
 def load_keys(path: str) -> dict[int, auth.Key]:
@@ -358,6 +398,7 @@ class BaseStation:
         await asyncio.sleep(0)   # run the ingests the heads queued before they stopped
         for sub in list(self._subs):
             sub.close()
+        self._log.flush()
         loop = asyncio.get_running_loop()
         for sink in self.sinks:
             try:
@@ -379,6 +420,7 @@ class BaseStation:
             self.tick()
 
     def tick(self) -> None:
+        self._log.tick()
         for sink in self.sinks:
             try:
                 sink.tick()

@@ -19,7 +19,7 @@ from protocol import codes
 from protocol.auth import Key
 from protocol.messages import Announce, Event, from_fields, head
 from base_station.sinks import CSVSink, JSONLSink, SQLiteSink, read_db
-from base_station.station import BaseStation, load_keys
+from base_station.station import LOG_SOURCES, BaseStation, RateLimitedLog, load_keys
 from base_station.testing import TestNode, now_ms
 from conftest import run, until
 
@@ -139,6 +139,93 @@ def test_malformed_datagrams_change_only_counters(tmp_path, caplog):
     # rate-limited log: one source, far fewer lines than bad datagrams, source named
     lines = [r for r in caplog.records if "malformed" in r.getMessage()]
     assert 1 <= len(lines) <= 3 and "127.0.0.1" in lines[0].getMessage()
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def _limited_log(**kw):
+    lg = logging.getLogger("starling.test.limited")
+    lg.propagate = False
+    lg.setLevel(logging.INFO)
+    lg.handlers[:] = [_Lines()]
+    t = [100.0]
+    return RateLimitedLog(lg, clock=lambda: t[0], **kw), lg.handlers[0].lines, t
+
+
+def test_log_is_limited_per_source_and_over_all_sources():
+    log, lines, t = _limited_log(max_lines=20)
+    # one source: one line a second, the next one says how many were held back
+    assert log(logging.WARNING, ("malformed", "10.0.0.1"), "bad from %s", "10.0.0.1")
+    assert not log(logging.WARNING, ("malformed", "10.0.0.1"), "bad from %s", "10.0.0.1")
+    t[0] += 1.0
+    assert log(logging.WARNING, ("malformed", "10.0.0.1"), "bad from %s", "10.0.0.1")
+    assert lines == ["bad from 10.0.0.1", "bad from 10.0.0.1 (1 similar suppressed)"]
+    del lines[:]
+    # 5,000 sources within one second (forged addresses cost a sender nothing): 20 lines,
+    # then one that counts the rest once the second is over
+    t[0] += 1.0
+    logged = sum(log(logging.WARNING, ("malformed", "10.1.%d.%d" % divmod(i, 256)), "bad %d", i)
+                 for i in range(5000))
+    assert logged == 20 and lines == ["bad %d" % i for i in range(20)]
+    log.tick()                                   # the second is not over: nothing yet
+    assert len(lines) == 20
+    t[0] += 1.0
+    log.tick()
+    assert lines[20:] == ["4980 log lines suppressed in 1.0 s (over 20 per 1 s from all "
+                          "sources; the counters have every one)"]
+    assert len(log._seen) <= LOG_SOURCES
+    # the summary took one of the new second's lines; the rest are there for new sources
+    logged = sum(log(logging.WARNING, ("rejected", "10.2.0.%d" % i), "rej %d", i) for i in range(30))
+    assert logged == 19
+    log.flush()                                  # at stop: whatever is pending
+    assert lines[-1].startswith("11 log lines suppressed in 0.0 s")
+
+
+def test_a_flood_from_many_addresses_logs_a_bounded_number_of_lines(caplog):
+    # 250 source addresses on loopback (127.0.3.x), 4 garbage datagrams each, between
+    # good events: every bad one counted, every good one stored, at most 20 log lines
+    # a second plus the lines that say how many were suppressed
+    async def main():
+        st = station()
+        await st.start()
+        target = st.addresses[0]
+        good = TestNode(1, target=target)
+        senders = []
+        for i in range(250):
+            tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            tx.bind(("127.0.3.%d" % (i + 1), 0))
+            senders.append(tx)
+        t0 = time.monotonic()
+        for k in range(4):
+            for tx in senders:
+                tx.sendto(b"\xff\x00garbage", target)
+            good.send(good.event("ok/t", k))
+        await until(lambda: st.counters["datagrams"] == 1004)
+        await asyncio.sleep(1.3)                 # a tick after the second is over
+        elapsed = time.monotonic() - t0
+        await st.stop()
+        for tx in senders:
+            tx.close()
+        good.close()
+        return st.summary(), elapsed
+
+    with caplog.at_level(logging.WARNING, logger="starling.base"):
+        s, elapsed = run(main())
+    assert s["malformed"] == 1000
+    assert s["nodes"]["1"]["received"] == 4 and s["nodes"]["1"]["lost"] == 0
+    bad = [r.getMessage() for r in caplog.records if "malformed datagram from" in r.getMessage()]
+    summaries = [r.getMessage() for r in caplog.records if "log lines suppressed" in r.getMessage()]
+    assert 20 <= len(bad) <= 20 * (int(elapsed) + 1)
+    assert summaries and all("from all sources" in m for m in summaries)
+    held = sum(int(m.split()[0]) for m in summaries)
+    assert len(bad) + held <= 1000 and held >= 1000 - 20 * (int(elapsed) + 1) - 250
 
 
 def test_authentication(tmp_path):
