@@ -34,7 +34,9 @@ def _fmt_value(v: Any) -> str:
 
 
 def last_values(last: dict, limit: int = MAX_LAST_CHARS) -> str:
-    parts = ["%s=%s" % (topic.rsplit("/", 1)[-1], _fmt_value(v)) for topic, v in last.items()]
+    """`name=value` per topic, in topic order: a row keeps its layout from one refresh
+    to the next (the station keeps them in order of arrival)."""
+    parts = ["%s=%s" % (topic.rsplit("/", 1)[-1], _fmt_value(v)) for topic, v in sorted(last.items())]
     text = " ".join(parts)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

@@ -176,3 +176,10 @@ def test_listen_serial_plain_prints_link_and_hop(tmp_path):
         proc.stdout
     # the final tables: the serial links below the nodes
     assert any(ln.strip().startswith("serial links") for ln in lines), proc.stdout
+
+
+def test_last_values_in_topic_order_whatever_the_order_of_arrival():
+    # two nodes whose readings arrived in different orders show the same layout
+    assert view.last_values({"lab/temp": 21.5, "lab/count": 3}) == "count=3 temp=21.5"
+    assert view.last_values({"lab/count": 4, "lab/temp": 22.25}) == "count=4 temp=22.25"
+    assert view.last_values({"b/x": 1, "a/x": 2}, limit=5) == "x=2 …"
