@@ -113,8 +113,9 @@ def add_station_arguments(p: argparse.ArgumentParser, udp_default: str = "0.0.0.
     o.add_argument("--topic-index", action="store_true",
                    help="index readings by (topic, time): faster queries, ~25%% slower inserts")
     o.add_argument("--jsonl", metavar="PATH|-", help="also write JSON Lines (- = stdout)")
-    o.add_argument("--csv", metavar="PATH", help="also write CSV")
-    o.add_argument("--senml", metavar="PATH", help="also write SenML (.cbor: CBOR, else JSON)")
+    o.add_argument("--csv", metavar="PATH|-", help="also write CSV (- = stdout)")
+    o.add_argument("--senml", metavar="PATH|-",
+                   help="also write SenML (.cbor: CBOR, else JSON; - = stdout, JSON)")
     o.add_argument("--summary-json", metavar="PATH", help="write the final summary here as JSON")
     o.add_argument("--duration", type=non_negative, metavar="S", help="stop after S seconds (default: Ctrl-C)")
     o.add_argument("--plain", action="store_true", help="plain log lines even on a terminal")
@@ -132,6 +133,9 @@ def build_station(args: argparse.Namespace, **overrides: Any):
     summary_json = getattr(args, "summary_json", None)
     if summary_json and not os.path.isdir(os.path.dirname(os.path.abspath(summary_json))):
         raise ValueError("--summary-json %s: no such directory" % summary_json)
+    dashes = ["--" + n for n in ("jsonl", "csv", "senml") if getattr(args, n, None) == "-"]
+    if len(dashes) > 1:
+        raise ValueError("%s: only one output can be stdout (-)" % " and ".join(dashes))
     sinks: list = []
     if not args.no_db:
         import sqlite3
@@ -165,6 +169,13 @@ def build_station(args: argparse.Namespace, **overrides: Any):
     return station
 
 
+def writes_stdout(args: argparse.Namespace) -> bool:
+    """A sink writes to stdout ("-"): the view, the plain lines and the summary go to
+    stderr instead."""
+    return "-" in (getattr(args, "jsonl", None), getattr(args, "csv", None),
+                   getattr(args, "senml", None))
+
+
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, stream=sys.stderr,
@@ -177,7 +188,7 @@ async def serve(station, args: argparse.Namespace, extra_task: Callable[[], Any]
     fails, the station is stopped and its exception raised here."""
     from base_station import view
 
-    out = sys.stderr if args.jsonl == "-" else sys.stdout
+    out = sys.stderr if writes_stdout(args) else sys.stdout
     live_ok = out.isatty() and not args.plain
     await station.start()
     if station.addresses or not station.heads:
@@ -191,6 +202,13 @@ async def serve(station, args: argparse.Namespace, extra_task: Callable[[], Any]
             station.base_id, ", ".join("%s:%d" % a for a in station.discovery)), file=out, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    stdout_gone = []
+
+    def sink_gone(sink: Any) -> None:      # `starling listen --jsonl - | head`: done
+        if sink.to_stdout:
+            stdout_gone.append(sink)
+            stop.set()
+    station.on_sink_gone = sink_gone
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
             loop.add_signal_handler(sig, stop.set)
@@ -243,6 +261,8 @@ async def serve(station, args: argparse.Namespace, extra_task: Callable[[], Any]
             except (NotImplementedError, RuntimeError):
                 pass
         await station.stop()
+    if stdout_gone:
+        print("starling: stdout closed by its reader: stopped", file=sys.stderr, flush=True)
     if extra is not None and extra.done() and not extra.cancelled() \
             and extra.exception() is not None:
         raise extra.exception()    # type: ignore[misc]
@@ -257,7 +277,7 @@ def finish(summary: dict, args: argparse.Namespace) -> int:
     from base_station import view
     from base_station.sinks import _json_default
 
-    out = sys.stderr if args.jsonl == "-" else sys.stdout
+    out = sys.stderr if writes_stdout(args) else sys.stdout
     console = Console(file=out) if out.isatty() else Console(file=out, width=160)
     console.print(view.live_view(summary, "starling: final summary"))
     if args.summary_json:
@@ -322,6 +342,11 @@ def run_export(args: argparse.Namespace) -> int:
     if not os.path.exists(args.db):
         print("starling export: %s: no such database" % args.db, file=sys.stderr)
         return 2
+    dashes = ["--" + o for o in ("senml", "jsonl", "csv") if getattr(args, o) == "-"]
+    if len(dashes) > 1:
+        print("starling export: %s: only one output can be stdout (-)" % " and ".join(dashes),
+              file=sys.stderr)
+        return 2
     import sqlite3
     sinks: list = []
     n = 0
@@ -339,6 +364,20 @@ def run_export(args: argparse.Namespace) -> int:
     except sqlite3.Error as e:
         print("starling export: %s: not a Starling database (%s)" % (args.db, e), file=sys.stderr)
         return 1
+    except BrokenPipeError as e:
+        piped = [s for s in sinks if s.to_stdout]
+        if not piped:                 # a FIFO given as a path lost its reader
+            print("starling export: %s" % e, file=sys.stderr)
+            return 1
+        # `starling export --jsonl - | head`: the reader has what it wanted; stop as
+        # quietly as `cat` does, unless files given beside stdout are now incomplete
+        piped[0].abandon()
+        files = [s.path for s in sinks if not s.to_stdout]
+        if files:
+            print("starling export: stdout closed by its reader after %d readings; %s "
+                  "incomplete" % (n, ", ".join(files)), file=sys.stderr)
+            return 1
+        return 0
     except OSError as e:
         print("starling export: %s" % e, file=sys.stderr)
         return 1

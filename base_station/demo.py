@@ -200,7 +200,7 @@ def _final_status(station, published: dict[int, int]) -> bool:
 
 def run_chain(args: argparse.Namespace) -> int:
     """`starling demo --chain K`: a sim.chain.Chain and a serial-only base on its head."""
-    from base_station.cli import _setup_logging, build_station, finish, serve
+    from base_station.cli import _setup_logging, build_station, finish, serve, writes_stdout
 
     _setup_logging(args.verbose)
     udp_only = [name for name, given in (
@@ -263,7 +263,7 @@ def run_chain(args: argparse.Namespace) -> int:
             if "chain" not in result:
                 result["chain"] = await chain.stop()
 
-    out = sys.stderr if args.jsonl == "-" else sys.stdout
+    out = sys.stderr if writes_stdout(args) else sys.stdout
     try:
         summary = asyncio.run(main())
     except (OSError, RuntimeError, ValueError) as e:
@@ -299,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
         from sim.fleet import Fleet
     except ImportError as e:
         raise SystemExit("starling demo: the simulator is not available (%s)" % e)
-    from base_station.cli import _setup_logging, build_station, finish, serve
+    from base_station.cli import _setup_logging, build_station, finish, serve, writes_stdout
 
     _setup_logging(args.verbose)
     udp = args.udp or [("127.0.0.1", 0)]
@@ -361,7 +361,7 @@ def run(args: argparse.Namespace) -> int:
         print("starling demo: %s" % e, file=sys.stderr)
         return 1
     status = finish(summary, args)
-    out = sys.stderr if args.jsonl == "-" else sys.stdout
+    out = sys.stderr if writes_stdout(args) else sys.stdout
     if "fleet" in result:
         print("\nfleet vs base (%s nodes, %s, %s):" % (
             args.nodes, runtime, "static base" if static else

@@ -154,8 +154,37 @@ class Sink:
     def close(self) -> None:
         self.flush()
 
+    # a sink writing a byte stream (a file, a FIFO, stdout), whose reader may go away
+    writes_stream = False
+    # True for a sink writing to this process's stdout ("-")
+    to_stdout = False
+
+    def abandon(self) -> None:
+        """The stream's reader has gone (a broken pipe): let go of it without writing.
+        A stdout sink points the file descriptor at /dev/null, so that what the
+        interpreter still flushes at exit goes nowhere instead of raising again."""
+
     def stats(self) -> dict:
         return {"written": self.written, "dropped": self.dropped, "errors": self.errors}
+
+
+def _abandon_stream(fp: IO, to_stdout: bool) -> None:
+    if to_stdout:
+        _stdout_to_devnull()
+        return
+    try:
+        fp.close()
+    except OSError:       # what it still buffered: the reader is gone
+        pass
+
+
+def _stdout_to_devnull() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):   # no real stdout (captured): nothing to redirect
+        pass
 
 
 # -- SQLite ----------------------------------------------------------------------------
@@ -634,11 +663,13 @@ class JSONLSink(Sink):
     `path` "-" is stdout."""
 
     name = "jsonl"
+    writes_stream = True
 
     def __init__(self, path: str):
         super().__init__()
         self.path = path
         self.fp, self._owned = _open_text(path)
+        self.to_stdout = not self._owned
 
     def write_block(self, block: Block) -> None:
         head = '{"node":%d,"epoch":%d,"seq":' % (block.node, block.epoch)
@@ -660,6 +691,9 @@ class JSONLSink(Sink):
 
     def tick(self) -> None:
         self.fp.flush()
+
+    def abandon(self) -> None:
+        _abandon_stream(self.fp, self.to_stdout)
 
     def close(self) -> None:
         self.fp.flush()
@@ -689,11 +723,13 @@ class CSVSink(Sink):
     """One row per reading, columns CSV_HEADER; the header is written to a new/empty file."""
 
     name = "csv"
+    writes_stream = True
 
     def __init__(self, path: str):
         super().__init__()
         self.path = path
         self.fp, self._owned = _open_text(path)
+        self.to_stdout = not self._owned
         self.writer = csv.writer(self.fp)
         if not self._owned or self.fp.tell() == 0:
             self.writer.writerow(CSV_HEADER)
@@ -716,6 +752,9 @@ class CSVSink(Sink):
 
     def tick(self) -> None:
         self.fp.flush()
+
+    def abandon(self) -> None:
+        _abandon_stream(self.fp, self.to_stdout)
 
     def close(self) -> None:
         self.fp.flush()
@@ -804,6 +843,7 @@ class SenMLSink(Sink):
     """SenML file sink: format from `fmt`, or from the extension (.cbor / else JSON)."""
 
     name = "senml"
+    writes_stream = True
 
     def __init__(self, path: str, fmt: str | None = None):
         super().__init__()
@@ -811,6 +851,7 @@ class SenMLSink(Sink):
         if fmt is None:
             fmt = "cbor" if path.endswith((".cbor", ".senml-cbor")) else "json"
         self._fp = sys.stdout.buffer if path == "-" else open(path, "wb")
+        self.to_stdout = path == "-"
         self.writer = SenMLWriter(self._fp, fmt)
         self._closed = False
 
@@ -826,6 +867,10 @@ class SenMLSink(Sink):
 
     def tick(self) -> None:
         self._fp.flush()
+
+    def abandon(self) -> None:
+        self._closed = True
+        _abandon_stream(self._fp, self.to_stdout)
 
     def close(self) -> None:
         if self._closed:

@@ -321,6 +321,8 @@ class BaseStation:
         self.announce_every = min(self.lease / 3, ANNOUNCE_EVERY_MAX)
         self.keys = keys
         self.sinks: list[Sink] = list(sinks)
+        self.sinks_gone: list[Sink] = []      # readers gone (broken pipe): no longer written
+        self.on_sink_gone: Callable[[Sink], Any] | None = None
         self.max_datagram = max_datagram
         self.max_holes = max_holes
         self.keep_epochs = keep_epochs
@@ -799,7 +801,25 @@ class BaseStation:
 
     def _sink_failed(self, sink: Sink, e: Exception) -> None:
         self.counters["sink_errors"] += 1
+        if isinstance(e, BrokenPipeError) and sink.writes_stream and sink in self.sinks:
+            self._sink_gone(sink)
+            return
         self._log(logging.ERROR, ("sink", sink.name), "sink %s: %s", sink.name, e)
+
+    def _sink_gone(self, sink: Sink) -> None:
+        # Its reader has gone (`listen --jsonl - | head`, a FIFO's reader closed): nothing
+        # written there can arrive any more, so the station stops writing to it, says so
+        # once, and tells on_sink_gone (the CLI ends a run whose stdout has gone)
+        self.sinks = [s for s in self.sinks if s is not sink]     # a new list: loops go on
+        self.sinks_gone.append(sink)
+        try:
+            sink.abandon()
+        except Exception:
+            pass
+        log.warning("sink %s: its reader has gone (broken pipe): no more output there%s",
+                    sink.name, " (stdout)" if sink.to_stdout else "")
+        if self.on_sink_gone is not None:
+            self.on_sink_gone(sink)
 
     def _push(self, r: Reading) -> None:
         """One reading to every subscription whose filter matches its topic."""
@@ -859,6 +879,8 @@ class BaseStation:
         out["announces_sent"] = self.announcer.sent if self.announcer else 0
         out["subscriber_drops"] = sum(getattr(s, "dropped", 0) for s in self._subs)
         out["sinks"] = {s.name: s.stats() for s in self.sinks}
+        for s in self.sinks_gone:
+            out["sinks"][s.name] = dict(s.stats(), gone=True)
         out["uptime"] = round(self.clock() - self.started, 3)
         out["listening"] = ["%s:%d" % a for a in self.addresses]
         out["rcvbuf"] = {"%s:%d" % lst.address: lst.rcvbuf_actual for lst in self.listeners}

@@ -5,6 +5,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 
 import cbor2
 import pytest
@@ -255,3 +256,83 @@ def test_demo_compare_marks_a_node_that_does_not_add_up():
     assert lines[0].endswith("<- does not add up")          # one reading unaccounted
     assert lines[1].endswith("<- does not add up")          # lost 2, the relay dropped 3
     assert lines[2].endswith("(node crashed: not exact)")   # not held against the run
+
+
+def test_listen_stops_when_its_stdout_reader_goes(tmp_path):
+    # `starling listen --jsonl - | head -2`: once head has its lines and exits, listen
+    # stops by itself (before, it ran to --duration logging a broken pipe every second),
+    # with the summary on stderr and no traceback at exit; the database has every reading
+    cmd = [PY, "-m", "base_station.cli", "listen", "--udp", "127.0.0.1:0", "--no-announce",
+           "--duration", "120", "--jsonl", "-", "--db", str(tmp_path / "l.db"),
+           "--summary-json", str(tmp_path / "summary.json"), "--every", "0.5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=str(tmp_path))
+    try:
+        line = proc.stderr.readline()           # a stdout sink: our own lines go to stderr
+        assert line.startswith("starling: listening on 127.0.0.1:"), line
+        addr = ("127.0.0.1", int(line.strip().rsplit(":", 1)[1]))
+        node = TestNode(4, target=addr)
+        node.send(node.event("lab/t", 0))
+        node.send(node.event("lab/t", 1))
+        first = [json.loads(proc.stdout.readline()) for _ in range(2)]
+        proc.stdout.close()                      # the reader goes, as `head -2` does
+        for i in range(2, 400):                  # until a flush finds the pipe broken
+            node.send(node.event("lab/t", i))
+            if proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        err = proc.stderr.read()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert [r["seq"] for r in first] == [0, 1]
+    assert proc.returncode == 0, err
+    assert "stdout closed by its reader: stopped" in err and "final summary" in err
+    assert "Traceback" not in err and "Exception ignored" not in err
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["sinks"]["jsonl"]["gone"] is True
+    received = s["nodes"]["4"]["received"]
+    assert received >= 3 and s["sinks"]["sqlite"]["written"] == received
+    assert [r.seq for r in read_db(str(tmp_path / "l.db"))] == list(range(received))
+
+
+def test_two_outputs_on_stdout_are_refused(tmp_path):
+    r = subprocess.run([PY, "-m", "base_station.cli", "listen", "--udp", "127.0.0.1:0",
+                        "--no-announce", "--no-db", "--jsonl", "-", "--csv", "-",
+                        "--duration", "0.1"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "--jsonl and --csv: only one output can be stdout (-)" in r.stderr
+
+
+@pytest.mark.parametrize("output, beside, code", [
+    ("--jsonl", [], 0), ("--csv", [], 0), ("--senml", [], 0),
+    ("--jsonl", ["--csv", "x.csv"], 1),
+])
+def test_export_into_a_pipe_whose_reader_goes(tmp_path, output, beside, code):
+    # `starling export --jsonl - | head -1`: quiet and 0, as `cat` would be (before: an
+    # error and exit 1); with a file beside stdout, that file is said to be incomplete
+    from base_station.sinks import SQLiteSink
+    from base_station.station import BaseStation
+    db = tmp_path / "s.db"
+    node = TestNode(4)
+    sink = SQLiteSink(str(db))
+    st = BaseStation(udp=[], announce=False, sinks=[sink])
+    st.ingest(node.batch([("lab/t", float(i)) for i in range(50)]), ("127.0.0.1", 1))
+    for _ in range(999):                                 # 50,000 readings: far past a pipe's buffer
+        st.ingest(node.batch([("lab/t", float(i)) for i in range(50)]), ("127.0.0.1", 1))
+    st.flush()
+    sink.close()
+    proc = subprocess.Popen([PY, "-m", "base_station.cli", "export", "--db", str(db), output, "-",
+                             *beside], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=str(tmp_path))
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.wait(timeout=60)
+    assert first.strip()
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and "Exception ignored" not in err
+    if beside:
+        assert "stdout closed by its reader after" in err and "x.csv incomplete" in err
+    else:
+        assert err == ""

@@ -562,3 +562,41 @@ def test_no_stray_files(tmp_path):
         assert os.listdir(tmp_path) == []
     finally:
         os.chdir(cwd)
+
+
+def test_a_sink_whose_reader_goes_is_let_go_and_the_others_get_everything(tmp_path, caplog):
+    # a JSON Lines sink on a FIFO whose reader exits: the station stops writing there,
+    # says so once, tells on_sink_gone, and the SQLite sink still gets every reading
+    fifo = str(tmp_path / "readings.fifo")
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    db = str(tmp_path / "s.db")
+    gone = []
+
+    async def main():
+        jl = JSONLSink(fifo)
+        st = station(sinks=[SQLiteSink(db), jl])
+        st.on_sink_gone = gone.append
+        await st.start()
+        node = TestNode(9, target=st.addresses[0])
+        node.send(node.event("lab/t", 0))
+        await until(lambda: st.counters["readings"] == 1)
+        st.tick()
+        assert os.read(reader, 4096).startswith(b'{"node":9,"epoch":0,"seq":0')
+        os.close(reader)                                     # the reader goes
+        for i in range(1, 200):
+            node.send(node.event("lab/t", i))
+        await until(lambda: st.counters["readings"] == 200)
+        await asyncio.sleep(0.5)                             # ticks flush into the broken pipe
+        await st.stop()
+        node.close()
+        return st, jl
+
+    with caplog.at_level(logging.WARNING, logger="starling.base"):
+        st, jl = run(main())
+    said = [r.getMessage() for r in caplog.records if "jsonl" in r.getMessage()]
+    assert said == ["sink jsonl: its reader has gone (broken pipe): no more output there"]
+    assert gone == [jl] and st.sinks_gone == [jl] and jl not in st.sinks
+    s = st.summary()
+    assert s["sinks"]["jsonl"]["gone"] is True and s["nodes"]["9"]["received"] == 200
+    assert [r.seq for r in read_db(db)] == list(range(200))
