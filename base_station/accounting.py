@@ -59,10 +59,13 @@ Bounds and what happens beyond them
   lapse and created a new one) makes the gap skipped, not lost; missing seqs from
   the old subscription stay lost. A late seq from below `since` is received, the
   rest below `since` skipped.
-* Caveat: a base that restarts (same base id, crash without the goodbye ANNOUNCE)
-  while a node still holds its old subscription learns the old `since` from STATUS and
-  counts what the node sent to the previous process before this one started as lost.
-  A clean shutdown sends lease 0, so the node starts a fresh subscription next time.
+* A base that restarts (same base id, crash without the goodbye ANNOUNCE) while a node
+  still holds its old subscription: the station does not pass a STATUS that names
+  another ANNOUNCE instance to add_status() (its `since` is the old subscription's),
+  and the node starts the subscription afresh once it hears the new instance (a
+  `since` above everything known: the gap is skipped). With a node that predates the
+  instance field, the old `since` counts what the node sent to the previous process
+  as lost; a clean shutdown sends lease 0 and avoids it.
 
 Nothing here does I/O or reads a clock: callers pass the arrival time in.
 """

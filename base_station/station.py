@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
 import time
 from collections import deque
@@ -307,6 +308,9 @@ class BaseStation:
         self.discovery = list(discovery)
         self.announce_enabled = announce and bool(self.discovery)
         self.base_id = (base_id or "starling-%s" % socket.gethostname())[:64]
+        # ANNOUNCE `instance`: this process's, so that nodes holding a subscription of a
+        # predecessor with the same base id (one that crashed) start it afresh
+        self.instance = int.from_bytes(os.urandom(4), "big") or 1
         self.advertise = advertise
         self.filters = list(filters)
         for f in self.filters:
@@ -343,7 +347,7 @@ class BaseStation:
         self.counters: dict[str, int] = dict.fromkeys(
             ("datagrams", "bytes", "messages", "readings", "malformed", "rejected",
              "unknown_kind", "extra_fields", "ignored", "internal_errors", "sink_errors",
-             "callback_errors"), 0)
+             "callback_errors", "predecessor_status"), 0)
         self.malformed_reasons: dict[str, int] = {}
         self.rejected_reasons: dict[str, int] = {}
         self._windows: dict[int, auth.ReplayWindow] = {}
@@ -444,7 +448,8 @@ class BaseStation:
         if port is None:
             port = self.listeners[0].address[1] if self.listeners else codes.UDP_PORT
         return Announce(self.base_id, host, port, list(self.filters), self.max_rate,
-                        self.lease if lease is None else lease, int(time.time() * 1000))
+                        self.lease if lease is None else lease, int(time.time() * 1000),
+                        self.instance)
 
     def add_sink(self, sink: Sink) -> None:
         self.sinks.append(sink)
@@ -777,7 +782,13 @@ class BaseStation:
         s = acct.stream(st.epoch)
         if s is None:
             return
-        s.add_status(st.last_seq, st.skip, st.since)
+        if st.instance is None or st.instance == self.instance:
+            s.add_status(st.last_seq, st.skip, st.since)
+        else:
+            # about the subscription a predecessor with our base id made (it crashed;
+            # the node has not seen our ANNOUNCE yet): its since would have us expect
+            # what the node sent to that process. Its time base and counters still hold.
+            self.counters["predecessor_status"] += 1
         s.time_base = st.time_base
         s.status = st
         if s is acct.current:

@@ -69,13 +69,14 @@ class TestNode:
         return self.wrap(Batch(self.node, self.epoch, seq0, rs, skip))
 
     def status(self, last_seq: int | None | str = "auto", skip: int = 0, since: int = 0,
-               counters: dict | None = None) -> bytes:
-        """A STATUS; last_seq "auto" = the newest seq built so far."""
+               counters: dict | None = None, instance: int | None = None) -> bytes:
+        """A STATUS; last_seq "auto" = the newest seq built so far; instance: the
+        ANNOUNCE instance of the subscription it reports on."""
         if last_seq == "auto":
             last_seq = self.seq - 1 if self.seq else None
         return self.wrap(Status(self.node, self.epoch, last_seq, skip, since, self.t,
                                 self.time_base, "test-0.1", codes.CAP_UDP,
-                                counters or {codes.CTR_PUBLISHED: self.seq}))
+                                counters or {codes.CTR_PUBLISHED: self.seq}, None, instance))
 
     def reboot(self) -> None:
         self.epoch += 1

@@ -71,7 +71,7 @@ from protocol import nodewire
 from protocol import cbor_lite
 from firmware import core
 from firmware.core import NodeCore, new_epoch, save_epoch, write_counters
-from firmware.subscribers import Table
+from firmware.subscribers import RESTARTED, Table
 
 try:
     from micropython import const
@@ -300,8 +300,9 @@ class Node(NodeCore):
 
     # --- ANNOUNCE ----------------------------------------------------------------------
     def _announce(self, msg, addr):
-        # msg: nodewire.announce_fields() (base, host, port, filters, max_rate, lease, wall_ms)
-        base, host, port, filters, max_rate, lease, wall_ms = msg
+        # msg: nodewire.announce_fields() (base, host, port, filters, max_rate, lease,
+        # wall_ms, instance)
+        base, host, port, filters, max_rate, lease, wall_ms, instance = msg
         up = self.uptime
         time_changed = self._take_time_base(wall_ms, True)
         if not port:
@@ -316,11 +317,12 @@ class Node(NodeCore):
             # a static base at the same address already gets everything: it wins
             self._flush_batch()   # waiting readings predate a new subscription
             sub, new = self.subs.announce(base, target, filters, max_rate, lease, up,
-                                          self.next_seq)
+                                          self.next_seq, instance)
             if new:
                 created = sub
-                self.hal.log("subscriber %s at %s: %r rate %d lease %d s" % (
-                    base, self.hal.addr_str(target), filters, max_rate, lease))
+                self.hal.log("subscriber %s at %s: %r rate %d lease %d s%s" % (
+                    base, self.hal.addr_str(target), filters, max_rate, lease,
+                    " (the base restarted)" if new == RESTARTED else ""))
         if time_changed:
             self._send_status_all()
         elif created is not None:
@@ -353,7 +355,7 @@ class Node(NodeCore):
         caps = self.caps | (_CAP_TIME if self.time_base is not None else 0)
         w = self.status_writer
         w.status(self.epoch, last, sub.status_skip(last), sub.since, self.uptime,
-                 self.time_base, caps, self._counters())
+                 self.time_base, caps, self._counters(), None, sub.instance)
         self._send(sub, w.view(), 0)
 
     def _send_status_all(self):

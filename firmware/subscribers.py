@@ -18,6 +18,13 @@
 # skip = last_seq - last_sent for the trailing ones. So a base knows exactly which
 # sequence numbers it should have received, and anything else missing was lost.
 #
+# A base that restarts (a crash: no goodbye ANNOUNCE) announces with the same base id
+# but another `instance` (a number each base process picks at start): the entry is
+# then started afresh (since = the next seq, as if created), so the new process is not
+# told to expect what the node sent to the old one. STATUS carries the entry's
+# instance, so a base can tell a STATUS about its own subscription from one about its
+# predecessor's. ANNOUNCEs without an instance (older bases) refresh as before.
+#
 # Rate cap: a token bucket in integer milli-events (no floats, no bigints):
 # max_rate events/s refill, and a burst of max(2, max_rate // 10) events (100 ms
 # worth, at least 2 so a source running exactly at the cap is not shed by
@@ -34,14 +41,18 @@
 from protocol.topics import topic_matches
 
 FOREVER = -1
+# Table.announce() results besides the entry: what became of it
+REFRESHED = 0
+CREATED = 1
+RESTARTED = 2      # the same base id, another instance: started afresh
 
 
 class Subscriber:
     __slots__ = ("base", "addr", "filters", "max_rate", "expires", "since",
-                 "last_sent", "tokens", "burst", "refilled", "static", "want")
+                 "last_sent", "tokens", "burst", "refilled", "static", "want", "instance")
 
     def __init__(self, base, addr, filters, max_rate, expires, since, now, static=False,
-                 topics=()):
+                 topics=(), instance=None):
         self.base = base
         self.addr = addr
         self.set_filters(filters, topics)
@@ -49,6 +60,7 @@ class Subscriber:
         self.since = since
         self.last_sent = since - 1
         self.static = static
+        self.instance = instance   # the base process's ANNOUNCE instance, or None
         self.max_rate = 0
         self.tokens = 0
         self.burst = 0
@@ -141,29 +153,39 @@ class Table:
         self.entries.append(e)
         return e
 
-    def announce(self, base, addr, filters, max_rate, lease_s, now, next_seq):
-        # Create or refresh the entry for `base`. Returns (entry, created), or
-        # (None, False) when the table is full or the lease is 0 (entry removed).
+    def announce(self, base, addr, filters, max_rate, lease_s, now, next_seq, instance=None):
+        # Create or refresh the entry for `base`. Returns (entry, CREATED / RESTARTED /
+        # REFRESHED), or (None, REFRESHED) when the table is full or the lease is 0
+        # (entry removed).
         e = self.find(base)
         if not lease_s:
             if e is not None and not e.static:
                 self.entries.remove(e)
-            return None, False
+            return None, REFRESHED
         expires = now + lease_s * 1000
         if e is not None:
+            what = REFRESHED
+            if instance is not None and instance != e.instance:
+                if e.instance is not None and not e.static:
+                    e.since = next_seq          # as if created now
+                    e.last_sent = next_seq - 1
+                    e.burst = 0                 # set_rate below: a full bucket
+                    what = RESTARTED
+                e.instance = instance
             e.addr = addr
             if filters != e.filters:   # a refresh mostly repeats them: no new flags then
                 e.set_filters(filters, self.topics)
             e.set_rate(max_rate, now)
             if not e.static:
                 e.expires = expires
-            return e, False
+            return e, what
         if len(self.entries) >= self.size:
             self.refused += 1
-            return None, False
-        e = Subscriber(base, addr, filters, max_rate, expires, next_seq, now, False, self.topics)
+            return None, REFRESHED
+        e = Subscriber(base, addr, filters, max_rate, expires, next_seq, now, False, self.topics,
+                       instance)
         self.entries.append(e)
-        return e, True
+        return e, CREATED
 
     def expire(self, now):
         # drop entries whose lease has lapsed; returns how many went

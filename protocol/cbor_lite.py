@@ -110,7 +110,7 @@ def _msg(data, want):
     f = None
     if want < 2:
         if k == _KIND_ANNOUNCE:
-            f = [None] * 7
+            f = [None] * 8        # the 8th, instance, is optional
             r = 8
         elif want and k == _KIND_ENUMERATE:
             f = [0]
@@ -120,10 +120,10 @@ def _msg(data, want):
         r = 8 - k               # EVENT: 6 fields, BATCH: 5
     i = 1
     while i < n if n > 0 else not _brk(st):
-        if i >= r:
-            _skip(st, _DEPTH - 1)     # inside the message's array: one level used
-        elif k == _KIND_ANNOUNCE:
+        if k == _KIND_ANNOUNCE and f is not None and i <= 8:
             f[i - 1] = _field(st, 1)
+        elif i >= r:
+            _skip(st, _DEPTH - 1)     # inside the message's array: one level used
         elif i < 4:                   # ENUMERATE request; node, epoch, seq
             f[i - 1] = _uint(st, _MAX_U64 if i == 3 else _MAX_U32)
         elif i == 5 and k == _KIND_BATCH:

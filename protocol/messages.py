@@ -228,16 +228,18 @@ class Status(Message):
     many of the newest ones were not for this receiver, and `since` the first
     sequence number of this receiver's subscription (0 when it existed from boot),
     so a base knows exactly which sequence numbers it should have received, trailing
-    ones included. `hop` is the node's position on a serial chain (None over UDP)."""
+    ones included. `hop` is the node's position on a serial chain (None over UDP);
+    `instance` the ANNOUNCE instance of the subscription this STATUS reports on (None:
+    a static base, a chain, or a base that gave none)."""
     __slots__ = ("node", "epoch", "last_seq", "skip", "since", "uptime", "time_base",
-                 "firmware", "caps", "counters", "hop")
+                 "firmware", "caps", "counters", "hop", "instance")
     kind = codes.KIND_STATUS
     fields = ("node", "epoch", "last_seq", "skip", "since", "uptime", "time_base",
-              "firmware", "caps", "counters", "hop")
-    optional = 1
+              "firmware", "caps", "counters", "hop", "instance")
+    optional = 2
 
     def __init__(self, node, epoch, last_seq, skip, since, uptime, time_base, firmware,
-                 caps, counters, hop=None):
+                 caps, counters, hop=None, instance=None):
         self.node = node
         self.epoch = epoch
         self.last_seq = last_seq
@@ -249,10 +251,11 @@ class Status(Message):
         self.caps = caps
         self.counters = counters
         self.hop = hop
+        self.instance = instance
         self.extra = 0
 
     def defaults(self):
-        return {"hop": None}
+        return {"hop": None, "instance": None}
 
     @classmethod
     def _from(cls, f):
@@ -274,18 +277,22 @@ class Status(Message):
             _uint(f[8], "STATUS caps"),
             counters,
             _opt_uint(f[10], "STATUS hop", 255) if len(f) > 10 else None,
+            _opt_uint(f[11], "STATUS instance", _MAX_U32) if len(f) > 11 else None,
         )
 
 
 class Announce(Message):
     """A base station: send events matching `filters` to host:port (host "" means
     the address this ANNOUNCE came from), at most `max_rate` events/s (0: no cap),
-    for `lease` seconds; `wall_ms` is the base's Unix time in ms (None if unknown)."""
-    __slots__ = ("base", "host", "port", "filters", "max_rate", "lease", "wall_ms")
+    for `lease` seconds; `wall_ms` is the base's Unix time in ms (None if unknown);
+    `instance` a number the base process picked when it started (None: not given), so
+    a node tells a restarted base from the one it subscribed before."""
+    __slots__ = ("base", "host", "port", "filters", "max_rate", "lease", "wall_ms", "instance")
     kind = codes.KIND_ANNOUNCE
-    fields = ("base", "host", "port", "filters", "max_rate", "lease", "wall_ms")
+    fields = ("base", "host", "port", "filters", "max_rate", "lease", "wall_ms", "instance")
+    optional = 1
 
-    def __init__(self, base, host, port, filters, max_rate, lease, wall_ms):
+    def __init__(self, base, host, port, filters, max_rate, lease, wall_ms, instance=None):
         self.base = base
         self.host = host
         self.port = port
@@ -293,12 +300,15 @@ class Announce(Message):
         self.max_rate = max_rate
         self.lease = lease
         self.wall_ms = wall_ms
+        self.instance = instance
         self.extra = 0
+
+    def defaults(self):
+        return {"instance": None}
 
     @classmethod
     def _from(cls, f):
-        b, h, port, filters, rate, lease, wall = announce_fields(f)
-        return cls(b, h, port, filters, rate, lease, wall)
+        return cls(*announce_fields(f))
 
 
 class Ack(Message):

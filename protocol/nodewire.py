@@ -111,7 +111,8 @@ def _text(v, what, limit=MAX_TEXT):
 
 def announce_fields(f):
     # The fields of an ANNOUNCE after its head (at least 7) -> (base, host, port,
-    # filters, max_rate, lease, wall_ms); raises ProtocolError naming a bad field.
+    # filters, max_rate, lease, wall_ms, instance); instance None when there are only 7
+    # or the 8th is null. Raises ProtocolError naming a bad field.
     base = _text(f[0], "ANNOUNCE base")
     if not base:
         raise ProtocolError("ANNOUNCE base: empty base id")
@@ -123,7 +124,8 @@ def announce_fields(f):
             raise ProtocolError("ANNOUNCE filters: invalid filter %r" % (pattern,))
     return (base, _text(f[1], "ANNOUNCE host"), _uint(f[2], "ANNOUNCE port", 65535),
             list(filters), _uint(f[4], "ANNOUNCE max_rate", _MAX_U32),
-            _uint(f[5], "ANNOUNCE lease", 86400), _opt_uint(f[6], "ANNOUNCE wall_ms"))
+            _uint(f[5], "ANNOUNCE lease", 86400), _opt_uint(f[6], "ANNOUNCE wall_ms"),
+            _opt_uint(f[7], "ANNOUNCE instance", _MAX_U32) if len(f) > 7 else None)
 
 
 def deadletter(node, count, ids):
@@ -493,8 +495,9 @@ class StatusWriter(_Views):
                 raise ValueError("STATUS counter key %r: expected 0..23" % (k,))
         self.keys = ks
         self._fw = text(firmware)
-        # head 2, node 5, epoch 5, 5 uints of 9, firmware, caps 9, map 1 + 10 per entry, hop 2
-        size = 2 + 5 + 5 + 45 + len(self._fw) + 9 + 1 + 10 * len(ks) + 2 + 9
+        # head 2, node 5, epoch 5, 5 uints of 9, firmware, caps 9, map 1 + 10 per entry,
+        # hop 2, instance 5
+        size = 2 + 5 + 5 + 45 + len(self._fw) + 9 + 1 + 10 * len(ks) + 2 + 5 + 9
         self.buffer = bytearray(size)
         self._mv = memoryview(self.buffer)
         self._views = {}
@@ -502,10 +505,11 @@ class StatusWriter(_Views):
         self._start = _put_uint(self.buffer, 2, node)
         self.length = 0
 
-    def status(self, epoch, last_seq, skip, since, uptime, time_base, caps, values, hop=None):
+    def status(self, epoch, last_seq, skip, since, uptime, time_base, caps, values, hop=None,
+               instance=None):
         """Write one STATUS; return its length (the bytes are view())."""
         buf = self.buffer
-        buf[0] = 0x8B if hop is None else 0x8C
+        buf[0] = 0x8D if instance is not None else 0x8B if hop is None else 0x8C
         p = _put_uint(buf, self._start, epoch)
         if last_seq is None:
             buf[p] = _NULL
@@ -528,7 +532,14 @@ class StatusWriter(_Views):
         for i in range(n):
             buf[p] = ks[i]
             p = _put_uint(buf, p + 1, values[i])
-        if hop is not None:
+        if instance is not None:
+            if hop is None:
+                buf[p] = _NULL
+                p += 1
+            else:
+                p = _put_uint(buf, p, hop)
+            p = _put_uint(buf, p, instance)
+        elif hop is not None:
             p = _put_uint(buf, p, hop)
         self.length = p
         return p

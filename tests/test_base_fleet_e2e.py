@@ -75,3 +75,70 @@ def test_station_latency_includes_the_relay_delay():
         lat = b["latency_ms"]
         assert lat is not None and lat["n"] >= 10, (nid, b)
         assert lat["p50"] >= 57 and min(lat["p50"], lat["p95"], lat["max"]) >= 57, (nid, lat)
+
+
+def test_a_base_that_crashed_and_restarted_counts_no_false_loss(tmp_path):
+    # Base "lab" runs as `starling listen`, the nodes subscribe through discovery, then
+    # it is killed (no goodbye ANNOUNCE: the nodes still hold its subscription) and a
+    # new process with the same base id and port takes over. Before ANNOUNCE carried
+    # an instance, the new process learned the old subscription's `since` from STATUS
+    # and counted everything the first one had received as lost.
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        disc = s.getsockname()[1]
+    discovery = "127.255.255.255:%d" % disc
+
+    async def go():
+        fleet = Fleet(2, runtime="micropython", bases=[], discovery_port=disc, rate=20,
+                      status_every_ms=300)
+        await fleet.start()
+        first = subprocess.Popen(
+            [sys.executable, "-m", "base_station.cli", "listen", "--udp", "127.0.0.1:%d" % port,
+             "--discovery", discovery, "--base-id", "lab", "--lease", "3", "--no-db",
+             "--plain", "--every", "0.5"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(tmp_path))
+        try:
+            assert first.stdout.readline().startswith("starling: listening on")
+            seen = 0
+            deadline = time.monotonic() + 20
+            while seen < 20 and time.monotonic() < deadline:     # the first base's lines
+                line = await asyncio.get_running_loop().run_in_executor(None, first.stdout.readline)
+                if line.startswith("t="):
+                    seen = int(line.split("received=")[1].split()[0])
+            os.kill(first.pid, signal.SIGKILL)                     # a crash: no goodbye
+            first.wait(10)
+        finally:
+            if first.poll() is None:
+                first.kill()
+        st = BaseStation(udp=[("127.0.0.1", port)], discovery=[("127.255.255.255", disc)],
+                         base_id="lab", lease=3)
+        await st.start()
+        try:
+            await asyncio.sleep(2.0)
+            sim = await fleet.stop()
+            last, deadline = None, time.monotonic() + 10
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                if st.counters["datagrams"] == last:
+                    break
+                last = st.counters["datagrams"]
+            return seen, sim, st.summary()
+        finally:
+            await st.stop()
+
+    seen, sim, base = asyncio.run(asyncio.wait_for(go(), 120))
+    assert seen >= 20                                   # the first base had readings
+    for nid, s in sim["nodes"].items():
+        b = base["nodes"][nid]
+        assert b["lost"] == 0, (nid, b, s)
+        assert b["received"] >= 10 and b["next_seq"] == s["published"], (nid, b, s)
+        assert s["since"]["lab"] > 0                    # started afresh for the new base

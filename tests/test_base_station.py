@@ -600,3 +600,34 @@ def test_a_sink_whose_reader_goes_is_let_go_and_the_others_get_everything(tmp_pa
     s = st.summary()
     assert s["sinks"]["jsonl"]["gone"] is True and s["nodes"]["9"]["received"] == 200
     assert [r.seq for r in read_db(db)] == list(range(200))
+
+
+def test_a_status_about_a_predecessors_subscription_does_not_set_what_is_expected():
+    # A base with our id crashed; the node, not yet told of us, reports on the old
+    # subscription (since 0): applying it would count seqs 0..99, which the predecessor
+    # received, as lost. Its time base is still taken.
+    st = station(udp=[], base_id="lab")
+    node = TestNode(3, time_base=1_700_000_000_000)
+    node.seq = 100
+    for _ in range(5):
+        st.ingest(node.event("t", 1.0), ("127.0.0.1", 1))            # 100..104
+    st.ingest(node.status(since=0, instance=st.instance ^ 1), ("127.0.0.1", 1))
+    n = st.summary()["nodes"]["3"]
+    assert (n["received"], n["lost"], n["skipped"]) == (5, 0, 0)
+    assert st.counters["predecessor_status"] == 1
+    assert n["status"]["time_base"] == 1_700_000_000_000
+    # the node hears our ANNOUNCE: a fresh subscription from its next seq (105), a STATUS
+    # naming our instance; 105 and 106 never arrive and the final STATUS counts them lost
+    st.ingest(node.status(since=105, instance=st.instance), ("127.0.0.1", 1))
+    node.seq = 107
+    st.ingest(node.event("t", 2.0), ("127.0.0.1", 1))                # 107
+    st.ingest(node.status(since=105, instance=st.instance), ("127.0.0.1", 1))
+    n = st.summary()["nodes"]["3"]
+    assert (n["received"], n["lost"], n["skipped"], n["next_seq"]) == (6, 2, 0, 108)
+    # a STATUS without an instance (an older node) is applied as ever
+    old = TestNode(4)
+    old.seq = 10
+    st.ingest(old.event("t", 1.0), ("127.0.0.1", 1))
+    st.ingest(old.status(since=0), ("127.0.0.1", 1))
+    assert st.summary()["nodes"]["4"]["lost"] == 10
+    assert st.make_announce().instance == st.instance != 0

@@ -109,7 +109,7 @@ def agree(data):
     elif ctl[1][0] == codes.KIND_ANNOUNCE:
         assert isinstance(m, Announce), (data.hex(), dec)
         assert ctl[1][1] == got[1] == (m.base, m.host, m.port, list(m.filters), m.max_rate,
-                                       m.lease, m.wall_ms)
+                                       m.lease, m.wall_ms, m.instance)
     elif ctl[1][0] == codes.KIND_ENUMERATE:
         assert isinstance(m, Enumerate) and ctl[1][1] == m.request, (data.hex(), dec)
         assert got == ("ok", None)
@@ -152,17 +152,20 @@ def announce_bytes(f, extra=()):
 @SETTINGS
 @given(st.text(min_size=1, max_size=64), texts, st.integers(1, 65535),
        st.lists(st.sampled_from(["#", "+", "a/+", "sensors/+/temp", "alarm/#"]), max_size=16),
-       st.integers(0, 2**32 - 1), st.integers(0, 86400), wall,
+       st.integers(0, 2**32 - 1), st.integers(0, 86400), wall, st.none() | st.integers(0, 2**32 - 1),
        st.lists(anything, max_size=3))
 def test_valid_announces_read_as_the_generic_path(base, host, port, flt, rate, lease, wall_ms,
-                                                  extra):
-    a = Announce(base, host, port, flt, rate, lease, wall_ms)
-    data = a.encode() if not extra else announce_bytes(a.to_fields()[1:], extra)
+                                                  instance, extra):
+    a = Announce(base, host, port, flt, rate, lease, wall_ms, instance)
+    # extra fields after the instance (null when there is none) are ignored
+    data = a.encode() if not extra else announce_bytes(
+        a.to_fields()[1:8] + [instance], extra)
     got = agree(data)
     if len(base) <= 64 and len(host) <= 64:
-        assert got == ("ok", (base, host, port, flt, rate, lease, wall_ms))
+        assert got == ("ok", (base, host, port, flt, rate, lease, wall_ms, instance))
     # cbor2's encoding (not always preferred: other float widths, other key order)
-    assert agree(cbor2.dumps([4, base, host, port, flt, rate, lease, wall_ms])) == got
+    tail = [] if instance is None else [instance]
+    assert agree(cbor2.dumps([4, base, host, port, flt, rate, lease, wall_ms] + tail)) == got
 
 
 @SETTINGS

@@ -389,3 +389,29 @@ def test_step_returns_time_to_next_work():
     assert node.step(hal.ticks_ms()) == 1 and node.published == 0
     hal.advance(1)
     assert node.step(hal.ticks_ms()) == 1000 and node.published == 1
+
+
+def test_a_restarted_base_gets_a_fresh_subscription_and_status_names_it():
+    node, hal = make_node(bases=[], discovery={"port": 5685})
+    msg = Announce("b1", "", 6000, ["#"], 0, 30, None, 111)
+    node.on_datagram(msg.encode(), ("10.0.0.9", 9999), hal.ticks_ms())
+    st = decoded(hal, BASE, Status)
+    assert len(st) == 1 and st[0].since == 0 and st[0].instance == 111 and st[0].hop is None
+    run_for(node, hal, 500)
+    n = len(decoded(hal, BASE, Status))
+    node.on_datagram(msg.encode(), ("10.0.0.9", 9999), hal.ticks_ms())   # a refresh
+    assert len(decoded(hal, BASE, Status)) == n
+    first = node.next_seq
+    again = Announce("b1", "", 6000, ["#"], 0, 30, None, 222)            # the base restarted
+    node.on_datagram(again.encode(), ("10.0.0.9", 9999), hal.ticks_ms())
+    st = decoded(hal, BASE, Status)
+    assert len(st) == n + 1
+    assert (st[-1].since, st[-1].last_seq, st[-1].skip, st[-1].instance) == (first, first - 1, 0, 222)
+    run_for(node, hal, 300)
+    ev = [e for e in decoded(hal, BASE, Event) if e.seq >= first]
+    assert ev and ev[0].seq == first and ev[0].skip == 0
+    # the STATUS bytes the node writes (with the instance) are those messages.Status encodes
+    raws = [bytes(d) for a, d in hal.sent if a == BASE and isinstance(messages.decode(d), Status)]
+    assert len(raws) == n + 1
+    for raw in raws:
+        assert messages.decode(raw).encode() == raw

@@ -1,6 +1,6 @@
 # The node's soft-state subscriber table (firmware/subscribers.py): filters, leases,
 # refresh, the rate cap's exact decimation and skip values, bounded size.
-from firmware.subscribers import FOREVER, Subscriber, Table
+from firmware.subscribers import CREATED, FOREVER, REFRESHED, RESTARTED, Subscriber, Table
 
 
 def test_static_entry_takes_everything_forever():
@@ -110,3 +110,26 @@ def test_skip_counts_seqs_not_sent():
     assert e.status_skip(39) == 0  # nothing newer than the subscription
     e.last_sent = 43
     assert e.status_skip(50) == 7
+
+
+def test_a_restarted_base_starts_its_entry_afresh():
+    # same base id, another ANNOUNCE instance: the base process restarted (a crash, no
+    # goodbye); the entry starts again from the node's next seq, as if created
+    t = Table()
+    e, what = t.announce("b1", "a1", ["#"], 0, 30, 0, 5, 111)
+    assert what == CREATED and e.instance == 111 and e.since == 5
+    e.last_sent = 40
+    assert t.announce("b1", "a1", ["#"], 0, 30, 100, 42, 111) == (e, REFRESHED)
+    assert e.since == 5 and e.last_sent == 40                  # the same process: kept
+    e.tokens = 0
+    assert t.announce("b1", "a1", ["#"], 3, 30, 200, 42, 222) == (e, RESTARTED)
+    assert e.instance == 222 and e.since == 42 and e.last_sent == 41
+    assert e.tokens == e.burst == 2000                         # a full bucket, as new
+    assert len(t) == 1
+    # an ANNOUNCE without an instance (an older base) refreshes as before
+    assert t.announce("b1", "a1", ["#"], 3, 30, 300, 50, None) == (e, REFRESHED)
+    assert e.since == 42 and e.instance == 222
+    # an entry made without one adopts the first instance it hears, without a restart
+    f, _ = t.announce("b2", "a2", ["#"], 0, 30, 0, 7)
+    assert t.announce("b2", "a2", ["#"], 0, 30, 10, 60, 333) == (f, REFRESHED)
+    assert f.since == 7 and f.instance == 333

@@ -17,9 +17,14 @@ EXPECTED = {
     "status": m.Status(7, 3, 1302, 0, 0, 3700250, 1795459200000, "0.1.0",
                        codes.CAP_UDP | codes.CAP_TIME,
                        {codes.CTR_PUBLISHED: 1303, codes.CTR_DROPPED: 0, codes.CTR_FREE_MEM: 61440}),
+    "status-instance": m.Status(7, 3, 1302, 0, 0, 3700250, 1795459200000, "0.1.0",
+                                codes.CAP_UDP | codes.CAP_TIME,
+                                {codes.CTR_PUBLISHED: 1303, codes.CTR_DROPPED: 0,
+                                 codes.CTR_FREE_MEM: 61440}, None, 3735928559),
     "status-chain": m.Status(9, 1, None, 0, 0, 1200, None, "0.1.0",
                              codes.CAP_SERIAL | codes.CAP_DURABLE, {}, 2),
     "announce": m.Announce("base-a", "", 5684, ["#"], 0, 60, 1795459200000),
+    "announce-instance": m.Announce("base-a", "", 5684, ["#"], 0, 60, 1795459200000, 3735928559),
     "announce-filtered": m.Announce("lab", "127.0.0.1", 6000, ["sensors/+/temp", "alarm/#"],
                                     50, 30, None),
     "ack": m.Ack(17, 5, 8),
@@ -94,8 +99,12 @@ def test_extra_trailing_fields_are_counted_and_ignored():
     msg = m.from_fields(fields)
     assert msg.extra == 2  # the 0 is the optional skip field
     assert msg.topic == "temp" and msg.skip == 0
-    status = m.from_fields(EXPECTED["status-chain"].to_fields() + ["x"])
-    assert status.extra == 1 and status.hop == 2
+    status = m.from_fields(EXPECTED["status-chain"].to_fields() + [None, "x"])
+    assert status.extra == 1 and status.hop == 2 and status.instance is None
+    status = m.from_fields(EXPECTED["status-chain"].to_fields() + [7, "x", 1])
+    assert status.extra == 2 and status.instance == 7
+    ann = m.from_fields(EXPECTED["announce"].to_fields() + [None, "x"])
+    assert ann.extra == 1 and ann.instance is None and ann.wall_ms == 1795459200000
 
 
 def test_other_protocol_versions_are_rejected():

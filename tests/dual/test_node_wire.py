@@ -106,6 +106,15 @@ def test_status_writer_matches_status_encode():
                     ctr = dict(zip(w.keys, vals))
                     want = Status(4000000000, 3, last, 2, 1, v, tb, "0.1.0-test", 17, ctr, hop).encode()
                     assert n == len(want) and bytes(w.view()) == want, (last, tb, hop, v)
+    # with the subscription's ANNOUNCE instance (hop null before it when there is none)
+    for inst in (0, 23, 65536, 4294967295):
+        for hop in (None, 2):
+            for v in (0, 4294967296, 18446744073709551615):
+                vals = [v, 1, 2, 3, 4, 5, v]
+                n = w.status(3, 70000, 2, 1, v, 1767225600000, 17, vals, hop, inst)
+                want = Status(4000000000, 3, 70000, 2, 1, v, 1767225600000, "0.1.0-test", 17,
+                              dict(zip(w.keys, vals)), hop, inst).encode()
+                assert n == len(want) and bytes(w.view()) == want, (inst, hop, v)
     # the spec's STATUS vectors (docs/PROTOCOL.md) come out of the writer byte for byte
     seen = 0
     for name, raw in load().items():
@@ -119,7 +128,8 @@ def test_status_writer_matches_status_encode():
             continue
         sw = nodewire.StatusWriter(m.node, m.firmware, list(m.counters))
         vals = [m.counters[k] for k in sw.keys]
-        sw.status(m.epoch, m.last_seq, m.skip, m.since, m.uptime, m.time_base, m.caps, vals, m.hop)
+        sw.status(m.epoch, m.last_seq, m.skip, m.since, m.uptime, m.time_base, m.caps, vals, m.hop,
+                  m.instance)
         assert bytes(sw.view()) == raw, name
         seen += 1
     assert seen >= 1
@@ -158,14 +168,19 @@ def test_view_cache_settles_on_the_lengths_in_use():
 def test_parse_announce_checks_like_messages():
     good = Announce("b", "10.0.0.1", 6000, ["a/+", "#"], 5, 30, 1767225600000)
     assert cbor_lite.parse_announce(good.encode()) == (
-        "b", "10.0.0.1", 6000, ["a/+", "#"], 5, 30, 1767225600000)
+        "b", "10.0.0.1", 6000, ["a/+", "#"], 5, 30, 1767225600000, None)
+    again = Announce("b", "10.0.0.1", 6000, ["a/+", "#"], 5, 30, 1767225600000, 4000000000)
+    assert cbor_lite.parse_announce(again.encode())[7] == 4000000000
     assert cbor_lite.parse_announce(Event(1, 1, 1, 1, "x", 1).encode()) is None
     for bad in (b"", b"\x80", cbor.dumps({"a": 1}), cbor.dumps([4, "b"]),
                 cbor.dumps([0x44, "b", "", 6000, ["#"], 0, 30, None]),
                 cbor.dumps([4, "", "", 6000, ["#"], 0, 30, None]),
                 cbor.dumps([4, "b", "", 70000, ["#"], 0, 30, None]),
                 cbor.dumps([4, "b", "", 6000, ["a/#/b"], 0, 30, None]),
-                cbor.dumps([True, "b", "", 6000, ["#"], 0, 30, None])):
+                cbor.dumps([True, "b", "", 6000, ["#"], 0, 30, None]),
+                cbor.dumps([4, "b", "", 6000, ["#"], 0, 30, None, 2**32]),
+                cbor.dumps([4, "b", "", 6000, ["#"], 0, 30, None, -1]),
+                cbor.dumps([4, "b", "", 6000, ["#"], 0, 30, None, "1"])):
         try:
             cbor_lite.parse_announce(bad)
             assert False, bad
@@ -416,7 +431,8 @@ def test_parse_announce_reads_the_spec_vectors():
             m = None
         if isinstance(m, Announce):
             assert cbor_lite.parse_announce(raw) == (m.base, m.host, m.port, list(m.filters),
-                                                    m.max_rate, m.lease, m.wall_ms), name
+                                                    m.max_rate, m.lease, m.wall_ms,
+                                                    m.instance), name
             assert cbor_lite.parse_announce(bytearray(raw)) == cbor_lite.parse_announce(raw)
             assert cbor_lite.parse_announce(memoryview(raw)) == cbor_lite.parse_announce(raw)
             seen += 1
@@ -460,8 +476,11 @@ HOSTILE = [
     "8804616260191770816361232f6100183cf6",        # filter "#/a"
     "88046162601917708181612300183cf6",            # a filter inside an array
     "8804a06019177081612300183cf6",                # base: a map
-    "890461626019177081612300183cf6c0",            # extra field: a tag without item
-    "890461626019177081612300183cf6a1808080",      # extra field: map with array key
+    "890461626019177081612300183cf6c0",            # instance: a tag without item
+    "890461626019177081612300183cf6a1808080",      # instance: a map with an array key
+    "890461626019177081612300183cf681f6",          # instance: an array
+    "8a0461626019177081612300183cf6f6c0",          # extra field: a tag without item
+    "8a0461626019177081612300183cf6f6a1808080",    # extra field: map with array key
 ]
 
 
@@ -471,23 +490,23 @@ def test_parse_announce_refuses_hostile_datagrams():
         _refused(binascii.unhexlify(h))
     # deep nesting in an extra field: 16 levels with the message's array are accepted,
     # 17 refused (as protocol.cbor.loads())
-    ok = "890461626019177081612300183cf6"
+    ok = "8a0461626019177081612300183cf6f6"         # instance null, then the extra field
     for t in ("81", "c1", "a16161"):
         assert cbor_lite.parse_announce(binascii.unhexlify(ok + t * 15 + "00"))[0] == "b"
         _refused(binascii.unhexlify(ok + t * 16 + "00"))
     # well-formed extras of any type are ignored; other kinds are ignored
-    extra = cbor.dumps([4, "b", "", 6000, ["#"], 0, 30, None, {"k": [1.5, None]},
+    extra = cbor.dumps([4, "b", "", 6000, ["#"], 0, 30, None, 17, {"k": [1.5, None]},
                         cbor.Tag(1, 2), -5, b"x", cbor.Simple(99), {1: 2}, "é"])
-    assert cbor_lite.parse_announce(extra) == ("b", "", 6000, ["#"], 0, 30, None)
+    assert cbor_lite.parse_announce(extra) == ("b", "", 6000, ["#"], 0, 30, None, 17)
     assert cbor_lite.parse_announce(cbor.dumps([9, {"a": [1, 2]}, 1.5])) is None
     # indefinite-length message, filters and text (any well-formed CBOR is accepted)
     indef = binascii.unhexlify("9f047f6162ff60191770" "9f7f6123ff612bff" "0000f6ff")
-    assert cbor_lite.parse_announce(indef) == ("b", "", 6000, ["#", "+"], 0, 0, None)
+    assert cbor_lite.parse_announce(indef) == ("b", "", 6000, ["#", "+"], 0, 0, None, None)
     # non-preferred heads
     long = binascii.unhexlify("88" "1804" "7801" "62" "5800" "1a00001770" "8161" "23"
                               "1b0000000000000000" "1900" "1e" "1b000001a209b53400")
     long = long.replace(b"\x58\x00", b"\x78\x00")
-    assert cbor_lite.parse_announce(long) == ("b", "", 6000, ["#"], 0, 30, 1795459200000)
+    assert cbor_lite.parse_announce(long) == ("b", "", 6000, ["#"], 0, 30, 1795459200000, None)
 
 
 def test_parse_announce_allocates_little_on_hostile_input():
@@ -544,7 +563,7 @@ def test_parse_control_and_event_ids_read_the_spec_vectors():
         assert cbor_lite.event_ids(memoryview(raw)) == ids
         if isinstance(m, Announce):
             assert ctl == (4, (m.base, m.host, m.port, list(m.filters), m.max_rate, m.lease,
-                               m.wall_ms)), name
+                               m.wall_ms, m.instance)), name
             assert ctl[1] == cbor_lite.parse_announce(raw)
         elif isinstance(m, Enumerate):
             assert ctl == (codes.KIND_ENUMERATE, m.request), name
