@@ -60,7 +60,8 @@
 # Events: the same numbering as the UDP node (firmware/node.py): the epoch in flash grows
 # at every boot; seq 0, 1, 2, ... per boot, taken when publish() accepts a reading; t is the
 # uptime in ms at sampling. On the chain there is one receiver, so skip is always 0 and
-# since 0. publish() refused (outbox full, "block" or "drop_newest") consumes no seq.
+# since 0, until a restarted base process announces another instance (_take_instance).
+# publish() refused (outbox full, "block" or "drop_newest") consumes no seq.
 # Durable mode: an event is written to the log after it is accepted; it is durable once
 # the log was flushed (publish(..., wait=True) flushes; see firmware/outbox.py for what a
 # power loss can lose). At boot the log is replayed: unacknowledged events are offered
@@ -186,6 +187,10 @@ class ChainNode(NodeCore):
         self._ack_delay = cfg.log["ack_delay_ms"]
         self._status = None          # encoded STATUS waiting for the up link
         self._status_writer = None
+        # the base process's ANNOUNCE instance, and STATUS `since`: 0, or after the base
+        # restarted (another instance), our oldest event it may still receive
+        self.base_instance = None
+        self.since = 0
         self._deficit = [0, 0]
         self._rr = 0
         self._turn = False
@@ -527,7 +532,8 @@ class ChainNode(NodeCore):
                 self.hal.log("rx_bad %d: %s" % (self.rx_bad, e))
             return
         if kind == codes.KIND_ANNOUNCE:
-            if self._take_time_base(fields[6], True):    # its wall_ms
+            restarted = self._take_instance(fields[7])
+            if self._take_time_base(fields[6], True) or restarted:    # its wall_ms
                 self.queue_status()
         elif kind == codes.KIND_ENUMERATE:
             self.queue_status()
@@ -536,6 +542,27 @@ class ChainNode(NodeCore):
             self.misrouted += 1
             return
         self._to_down(data)
+
+    def _take_instance(self, instance):
+        # A base process that restarted (another ANNOUNCE instance than the one we
+        # knew) has not seen what we delivered to its predecessor: `since` becomes our
+        # oldest event of this epoch still in the outbox (not acknowledged upstream, so
+        # it reaches the new process), else the next seq. True then: a STATUS is due.
+        if instance is None or instance == self.base_instance:
+            return False
+        known = self.base_instance
+        self.base_instance = instance
+        if known is None:            # the first base we hear of: since 0 stays right
+            return False
+        own = self.own
+        since = self.next_seq
+        for k in range(own.n):
+            epoch, seq = own.ids(k)
+            if epoch == self.epoch:
+                since = seq
+                break
+        self.since = since
+        return True
 
     def _time_changed(self):    # NodeCore: a new time base from the board's clock
         self.queue_status()
@@ -804,8 +831,8 @@ class ChainNode(NodeCore):
         w = self._status_writer
         if w is None:
             w = self._status_writer = StatusWriter(self.node_id, self.cfg.firmware, list(ctr))
-        w.status(self.epoch, last, 0, 0, self.uptime, self.time_base, caps,
-                 [ctr[k] for k in w.keys], self.hop)
+        w.status(self.epoch, last, 0, self.since, self.uptime, self.time_base, caps,
+                 [ctr[k] for k in w.keys], self.hop, self.base_instance)
         return w.view()
 
     def queue_status(self, final=False):

@@ -225,3 +225,57 @@ def test_starling_sim_chain_command_line(tmp_path):
     assert summary["chain"] == 2 and not summary["durable"] and summary["window"] == 4
     assert sorted(summary["nodes"]) == ["1", "2"]
     assert all(s["published"] > 3 and s["exact"] for s in summary["nodes"].values())
+
+
+def test_a_restarted_base_on_a_chain_counts_no_false_loss(tmp_path):
+    # `starling listen --serial` stopped and started again while the chain runs: the
+    # second process announces another instance, each node restarts its `since` at the
+    # oldest event it still holds, and the second base counts nothing the first one
+    # received as lost (before: since 0, and all of it counted lost)
+    from base_station.serial_head import heads_for
+    from base_station.station import BaseStation
+    link = tmp_path / "head"
+
+    def received(st, nid):
+        a = st.nodes.get(nid)
+        return a.totals()["received"] if a is not None else 0
+
+    async def go():
+        chain = Chain(2, rate=20, durable=False, seed=4, serial_link=str(link))
+        await chain.start()
+        try:
+            first = BaseStation(udp=[], announce=False)
+            heads_for(first, [(str(link), chain.baud)])
+            await first.start()
+            try:
+                assert await wait_for(lambda: min(received(first, 1), received(first, 2)) >= 10, 15)
+            finally:
+                await first.stop()
+            second = BaseStation(udp=[], announce=False)
+            heads_for(second, [(str(link), chain.baud)])
+            await second.start()
+            try:
+                assert await wait_for(lambda: second.counters["predecessor_status"] > 0 or min(
+                    received(second, 1), received(second, 2)) >= 10, 15)
+                await asyncio.sleep(1.0)
+                published = await chain.pause()
+
+                def drained():
+                    nodes = second.summary()["nodes"]
+                    return all(str(nid) in nodes and nodes[str(nid)]["next_seq"] == n
+                               for nid, n in published.items())
+                assert await wait_for(drained, 15)
+                await asyncio.sleep(0.3)
+            finally:
+                await second.stop()
+        finally:
+            await chain.stop()
+        return first.summary(), second.summary(), published
+
+    one, two, published = asyncio.run(go())
+    for nid, n in published.items():
+        a, b = one["nodes"][str(nid)], two["nodes"][str(nid)]
+        assert a["lost"] == 0 and b["lost"] == 0, (nid, a, b)
+        assert b["status"]["counters"]["published"] == n      # the final STATUS: all published
+        assert a["received"] + b["received"] >= n, (nid, a, b)   # between them, everything
+        assert b["received"] + b["skipped"] < n                 # the second did not see it all

@@ -501,3 +501,31 @@ def test_idle_middle_node_step_allocates_nothing_on_micropython():
     used = gc.mem_alloc() - before
     gc.enable()
     assert used == 0, used
+
+
+def test_a_restarted_base_gets_since_from_the_oldest_event_it_may_still_receive():
+    # the base's first ANNOUNCE instance is adopted (since stays 0); another one (the
+    # base process restarted) makes since the oldest own event not yet acknowledged
+    # upstream, so the new process is not told to expect what its predecessor received
+    w = World(2, seed=9)
+    w.run(1500)
+    w.base.send(messages.Announce("base", "", 1, ["#"], 0, 60, 1700000000000, 111))
+    w.run(800)
+    for nid in (1, 2):
+        st = [s for s in w.base.statuses if s.node == nid and s.instance == 111]
+        assert st and all(s.since == 0 for s in st), nid
+    received = {nid: len(w.base.ids(nid)) for nid in (1, 2)}
+    w.base.send(messages.Announce("base", "", 1, ["#"], 0, 60, 1700000000900, 222))
+    w.run(800)
+    w.base.send(messages.Announce("base", "", 1, ["#"], 0, 60, 1700000001700, 222))  # a refresh
+    w.run(2500)
+    w.pause()
+    assert w.settle()
+    check_exactly_once(w)
+    for j, nid in enumerate((1, 2)):
+        st = [s for s in w.base.statuses if s.node == nid and s.instance == 222]
+        assert st, nid
+        since = st[0].since
+        assert all(s.since == since for s in st), nid         # the refresh kept it
+        assert received[nid] <= since <= w.nodes[j].next_seq, (nid, received[nid], since)
+        assert w.nodes[j].base_instance == 222 and w.nodes[j].since == since
