@@ -76,7 +76,8 @@ CREATE TABLE IF NOT EXISTS statuses (
     firmware  TEXT    NOT NULL,
     caps      INTEGER NOT NULL,
     counters  TEXT    NOT NULL,  -- JSON object, counter name (protocol.codes) -> value
-    hop       INTEGER
+    hop       INTEGER,
+    instance  INTEGER            -- the ANNOUNCE instance the STATUS reports on, or NULL
 );
 CREATE INDEX IF NOT EXISTS statuses_node_arrival ON statuses (node, arrival);
 """
@@ -98,7 +99,7 @@ _SHAPE_UNTIMED = (7, "(?, ?, ?, ?, ?, NULL, ?, ?, NULL)")  # plain value, time u
 _SHAPE_GENERAL = (9, "(?, ?, ?, ?, ?, ?, ?, ?, ?)")        # anything (vtype set, clamped ...)
 _STATEMENTS = {shape: (shape[0], _insert_sql(shape[1], 1), _insert_sql(shape[1], _MULTI))
                for shape in (_SHAPE_TIMED, _SHAPE_UNTIMED, _SHAPE_GENERAL)}
-_INSERT_STATUS = "INSERT INTO statuses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_STATUS = "INSERT INTO statuses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 def _json_default(o: Any) -> Any:
@@ -342,6 +343,9 @@ def open_db(path: str, topic_index: bool | None = None) -> sqlite3.Connection:
     db.execute("PRAGMA cache_size=-65536")
     db.execute("PRAGMA wal_autocheckpoint=4096")
     db.executescript(SCHEMA)
+    if "instance" not in [r[1] for r in db.execute("PRAGMA table_info(statuses)")]:
+        # a database written before STATUS carried the ANNOUNCE instance
+        db.execute("ALTER TABLE statuses ADD COLUMN instance INTEGER")
     if topic_index:
         db.execute(TOPIC_INDEX)
     elif topic_index is not None:
@@ -557,7 +561,8 @@ class SQLiteSink(Sink):
     def write_status(self, node: int, status: Any, arrival: float) -> None:
         fields = (node, status.epoch, arrival, status.last_seq, status.skip, status.since,
                   status.uptime, status.time_base, status.firmware, status.caps,
-                  counters_json(status.counters), status.hop)
+                  counters_json(status.counters), status.hop,
+                  getattr(status, "instance", None))
         row = tuple(_clamp_i64(v) if type(v) is int else v for v in fields)
         with self._lock:
             self._statuses.append(row)

@@ -562,6 +562,7 @@ class ChainNode(NodeCore):
                 since = seq
                 break
         self.since = since
+        self.hal.log("the base restarted: since %d" % since)
         return True
 
     def _time_changed(self):    # NodeCore: a new time base from the board's clock

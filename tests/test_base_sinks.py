@@ -174,3 +174,29 @@ def test_sqlite_writer_process_mode(tmp_path):
 def test_sqlite_bad_path_raises(tmp_path):
     with pytest.raises(sqlite3.Error):
         SQLiteSink(str(tmp_path / "no" / "such" / "dir.db"))
+
+
+def test_statuses_keep_the_announce_instance_and_an_older_database_gets_the_column(tmp_path):
+    db = str(tmp_path / "old.db")
+    con = sqlite3.connect(db)        # the statuses table as written before the instance
+    con.executescript("""
+        CREATE TABLE statuses (node INTEGER NOT NULL, epoch INTEGER NOT NULL,
+            arrival REAL NOT NULL, last_seq INTEGER, skip INTEGER NOT NULL,
+            since INTEGER NOT NULL, uptime INTEGER NOT NULL, time_base INTEGER,
+            firmware TEXT NOT NULL, caps INTEGER NOT NULL, counters TEXT NOT NULL, hop INTEGER);
+        INSERT INTO statuses VALUES (1, 0, 1.0, 5, 0, 0, 100, NULL, 'old', 1, '{}', NULL);
+    """)
+    con.commit()
+    con.close()
+    sink = SQLiteSink(db)
+    st = BaseStation(udp=[], announce=False, sinks=[sink])
+    node = TestNode(2)
+    st.ingest(node.status(since=0, instance=st.instance), ("127.0.0.1", 1))
+    st.ingest(node.status(since=0, instance=7), ("127.0.0.1", 1))
+    st.ingest(node.status(since=0), ("127.0.0.1", 1))
+    st.flush()
+    sink.close()
+    rows = sqlite3.connect(db).execute(
+        "SELECT node, firmware, instance FROM statuses ORDER BY rowid").fetchall()
+    assert rows == [(1, "old", None), (2, "test-0.1", st.instance), (2, "test-0.1", 7),
+                    (2, "test-0.1", None)]
