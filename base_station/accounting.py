@@ -81,6 +81,8 @@ MAX_HOLES_TOTAL = 1 << 20   # holes of all the streams sharing a HoleBudget (a s
 KEEP_EPOCHS = 3
 RATE_WINDOW = 5       # seconds of history behind NodeAccount.rate()
 LAST_TOPICS = 256     # last value kept for at most this many topics per node
+RESTART_MARGIN = 5.0  # s: a node's epochs start again only with a boot this much later
+FRESH_BOOT_MS = 120_000   # ... told by a STATUS sent this soon after that boot
 
 
 class HoleBudget:
@@ -98,7 +100,7 @@ class EpochStream:
 
     __slots__ = ("epoch", "start", "next", "since", "received", "skipped", "duplicates",
                  "out_of_order", "too_late", "forgotten", "floor", "max_holes", "budget",
-                 "_lo", "_hi", "time_base", "status")
+                 "_lo", "_hi", "time_base", "status", "opened")
 
     def __init__(self, epoch: int, max_holes: int = MAX_HOLES, budget: HoleBudget | None = None):
         self.epoch = epoch
@@ -118,6 +120,7 @@ class EpochStream:
         self._hi: list[int] = []         # hole ends (exclusive), ascending
         self.time_base: int | None = None  # Unix ms at uptime 0, from STATUS
         self.status: Any = None          # last STATUS message of this epoch
+        self.opened: float | None = None  # arrival (Unix s) of its first message
 
     # -- derived numbers ---------------------------------------------------------------
     @property
@@ -392,34 +395,79 @@ class NodeAccount:
         self.source: Any = None               # where the last message came from
         self.last: dict[str, Any] = {}        # topic -> newest in-order value
         self.status: Any = None               # last STATUS
+        self.lowest: int | None = None        # lowest epoch opened (since the last restart)
+        self.retired = -1                     # epochs up to this were closed by restart_epochs()
+        self.epoch_restarts = 0
         self.latency = Latency()
         self._rate_sec = 0
         self._rate = [0] * RATE_WINDOW
         self._first_mono: float | None = None
 
-    def stream(self, epoch: int) -> EpochStream | None:
+    def stream(self, epoch: int, arrival: float | None = None,
+               status: bool = False) -> EpochStream | None:
         """The open stream of `epoch`, opening it (a reboot) if it is newer than the
-        current one; None for a closed or never-seen older epoch (counted `stale`)."""
+        current one; None for a closed or never-seen older epoch (counted `stale`).
+        After restart_epochs(), an unseen epoch up to the retired ones is opened only
+        by a STATUS (status=True): a late message of a retired epoch is stale."""
         cur = self.current
         if cur is not None and cur.epoch == epoch:
             return cur
         s = self.epochs.get(epoch)
         if s is not None:
             return s
-        if cur is not None and epoch < cur.epoch:
+        if cur is not None and (epoch < cur.epoch or (epoch <= self.retired and not status)):
             self.stale += 1
             return None
         if cur is not None:
             self.reboots += 1
         s = EpochStream(epoch, self.max_holes, self.budget)
+        s.opened = arrival
         self.epochs[epoch] = s
         self.current = s
+        if self.lowest is None or epoch < self.lowest:
+            self.lowest = epoch
         while len(self.epochs) > self.keep_epochs:
-            oldest = min(self.epochs)
-            closed = self.epochs.pop(oldest)
-            closed.release()
-            for k, v in closed.totals().items():
-                self.closed[k] += v
+            self._close(min(self.epochs))
+        return s
+
+    def _close(self, epoch: int) -> None:
+        closed = self.epochs.pop(epoch)
+        closed.release()
+        for k, v in closed.totals().items():
+            self.closed[k] += v
+
+    def epochs_started_again(self, epoch: int, uptime_ms: int, arrival: float) -> bool:
+        """A STATUS of `epoch` (not newer than the current one), sent `uptime_ms` after
+        its node booted, arriving at `arrival` (Unix s): True when it comes from a boot
+        more than RESTART_MARGIN s after the current epoch's first message, i.e. the
+        node's epochs started again (its flash erased, or another board with its node
+        id). A STATUS of an earlier boot, or of the current one, comes from a boot
+        before that first message. Only a young boot counts (uptime below
+        FRESH_BOOT_MS): the boot time is estimated as arrival minus uptime, and a
+        node's clock drifts (50 ppm: 30 s a week). Erasing and flashing a board, or
+        swapping one, takes longer than the margin."""
+        cur = self.current
+        if (cur is None or cur.opened is None or epoch > cur.epoch
+                or uptime_ms >= FRESH_BOOT_MS):
+            return False
+        if not (epoch == cur.epoch or epoch in self.epochs
+                or (self.lowest is not None and epoch < self.lowest)):
+            return False          # a closed epoch between the open ones: stale as ever
+        return arrival - uptime_ms / 1000.0 > cur.opened + RESTART_MARGIN
+
+    def restart_epochs(self, epoch: int, arrival: float | None) -> EpochStream:
+        """Close every open epoch (their totals kept) and open `epoch` as the current
+        one: a new boot whose number is not above the old ones. Epochs up to the highest
+        closed here are opened again only by a STATUS (see stream())."""
+        self.retired = max(self.retired, max(self.epochs))
+        for e in sorted(self.epochs):
+            self._close(e)
+        self.current = None
+        self.lowest = None
+        self.epoch_restarts += 1
+        self.reboots += 1
+        s = self.stream(epoch, arrival, True)
+        assert s is not None
         return s
 
     def count_rate(self, n: int, now: float) -> None:

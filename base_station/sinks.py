@@ -381,24 +381,27 @@ class _Writer:
         self.path = path
         self.db = open_db(path, topic_index)
 
-    def write(self, items: list, n: int, statuses: list[tuple]) -> tuple[int, int, str | None]:
+    def write(self, items: list, n: int, statuses: list[tuple]) -> tuple[int, int, str | None, int]:
         """One transaction of the `n` readings in `items`. Returns (readings written,
-        readings dropped, error or None)."""
+        readings dropped, error or None, readings of those written whose (node, epoch,
+        seq) the database already had, so it kept the row it had)."""
         rows = _Rows()
         try:
             for item in items:
                 rows.add(item)
         except Exception as e:   # cannot happen with what SQLiteSink queues; never fatal
-            return 0, n, "cannot build rows: %r" % (e,)
+            return 0, n, "cannot build rows: %r" % (e,), 0
         try:
             with self.db:
+                before = self.db.total_changes
                 if rows:
                     rows.insert(self.db)
+                inserted = self.db.total_changes - before
                 if statuses:
                     self.db.executemany(_INSERT_STATUS, statuses)
         except Exception as e:   # sqlite3.Error, or a value it cannot bind
-            return 0, len(rows), "cannot write %d readings: %s" % (len(rows), e)
-        return len(rows), 0, None
+            return 0, len(rows), "cannot write %d readings: %s" % (len(rows), e), 0
+        return len(rows), 0, None, len(rows) - inserted
 
     def close(self) -> None:
         self.db.close()
@@ -476,6 +479,7 @@ class SQLiteSink(Sink):
         self.flush_interval = flush_interval
         self.max_pending = max_pending
         self.transactions = 0
+        self.already_stored = 0      # readings whose key the database already had
         self._writer: _Writer | None = None
         self._proc: Any = None
         self._data: Any = None
@@ -621,7 +625,7 @@ class SQLiteSink(Sink):
             for chunk, n in _chunks(items, counts, self.flush_rows):
                 # one transaction per chunk: bounds the time the GIL is held to build or
                 # marshal rows, so the receive loop is never stalled for long
-                written, dropped, err = self._ship(chunk, n, statuses)
+                written, dropped, err, already = self._ship(chunk, n, statuses)
                 statuses = []
                 with self._lock:
                     self.written += written
@@ -629,8 +633,15 @@ class SQLiteSink(Sink):
                     self.transactions += 1
                     if err:
                         self.errors += 1
+                    first = already and not self.already_stored
+                    self.already_stored += already
                 if err:
                     log.error("sqlite %s: %s", self.path, err)
+                if first:
+                    log.warning("sqlite %s: %d readings were already in the database (the same "
+                                "node, epoch and seq) and it kept the rows it had: a restarted "
+                                "base receiving them again, or a node whose epochs started again "
+                                "(docs/BOARDS.md); counted in already_stored", self.path, already)
             if statuses:
                 self._ship([], 0, statuses)
             with self._lock:
@@ -639,19 +650,22 @@ class SQLiteSink(Sink):
             if stop:
                 return
 
-    def _ship(self, items: list, n: int, statuses: list[tuple]) -> tuple[int, int, str | None]:
+    def _ship(self, items: list, n: int, statuses: list[tuple]) -> tuple[int, int, str | None, int]:
         if self._writer is not None:
             return self._writer.write(items, n, statuses)
         try:
             self._data.send_bytes(marshal.dumps((items, n, statuses)))
             reply = self._reply.recv()
         except (OSError, EOFError) as e:
-            return 0, n, "writer process gone: %s" % (e,)
+            return 0, n, "writer process gone: %s" % (e,), 0
         except ValueError as e:   # marshal: a value it cannot carry (none that the wire has)
-            return 0, n, "cannot hand readings to the writer process: %s" % (e,)
+            return 0, n, "cannot hand readings to the writer process: %s" % (e,), 0
         if reply[1] < 0:
-            return 0, n, reply[2]
+            return 0, n, reply[2], 0
         return reply
+
+    def stats(self) -> dict:
+        return dict(super().stats(), already_stored=self.already_stored)
 
 
 # -- text sinks --------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from protocol.topics import topic_matches, valid_filter
 
 from base_station import wire
 from base_station.accounting import (ALL, KEEP_EPOCHS, LAST_TOPICS, MAX_HOLES, MAX_HOLES_TOTAL,
-                                     HoleBudget, NodeAccount)
+                                     EpochStream, HoleBudget, NodeAccount)
 from base_station.listener import RCVBUF, Announcer, UdpListener
 from base_station.records import Block, Reading
 from base_station.sinks import Sink, _json_default
@@ -347,7 +347,7 @@ class BaseStation:
         self.counters: dict[str, int] = dict.fromkeys(
             ("datagrams", "bytes", "messages", "readings", "malformed", "rejected",
              "unknown_kind", "extra_fields", "ignored", "internal_errors", "sink_errors",
-             "callback_errors", "predecessor_status"), 0)
+             "callback_errors", "predecessor_status", "epoch_restarts"), 0)
         self.malformed_reasons: dict[str, int] = {}
         self.rejected_reasons: dict[str, int] = {}
         self._windows: dict[int, auth.ReplayWindow] = {}
@@ -694,7 +694,7 @@ class BaseStation:
             acct.source = source
         s = acct.current
         if s is None or s.epoch != epoch:
-            s = acct.stream(epoch)
+            s = acct.stream(epoch, arrival)
             if s is None:
                 return
         if s.add(seq, 1, skip) is not ALL:
@@ -740,7 +740,7 @@ class BaseStation:
             acct.source = source
         s = acct.current
         if s is None or s.epoch != b.epoch:
-            s = acct.stream(b.epoch)
+            s = acct.stream(b.epoch, arrival)
             if s is None:
                 return
         if type(b) is _FastBatch:
@@ -779,7 +779,19 @@ class BaseStation:
         acct = self._account(st.node, source, arrival)
         if acct is None:
             return
-        s = acct.stream(st.epoch)
+        s: EpochStream | None
+        if acct.epochs_started_again(st.epoch, st.uptime, arrival):
+            old = acct.current.epoch if acct.current is not None else None
+            s = acct.restart_epochs(st.epoch, arrival)
+            self.counters["epoch_restarts"] += 1
+            self._log(logging.WARNING, ("epoch_restart", st.node),
+                      "node %d booted with epoch %d, below the epoch %s it had: its epochs "
+                      "started again (its flash erased, or another board with its node id); "
+                      "taken as a new boot. A database that holds its earlier epoch %d keeps "
+                      "those rows and ignores new readings with the same (node, epoch, seq): "
+                      "see docs/BOARDS.md", st.node, st.epoch, old, st.epoch)
+        else:
+            s = acct.stream(st.epoch, arrival, True)
         if s is None:
             return
         if st.instance is None or st.instance == self.instance:

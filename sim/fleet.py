@@ -351,21 +351,32 @@ class Fleet:
                 await asyncio.sleep(0)
 
     # --- reboots -----------------------------------------------------------------------------------
-    async def reboot(self, node_id: int, crash: bool = False) -> int:
+    async def reboot(self, node_id: int, crash: bool = False, forget_epoch: bool = False) -> int:
         """Restart one node; its epoch grows. Graceful by default (final STATUS and
-        counters kept, summary stays exact); crash=True kills it without warning.
-        Returns the node's new epoch."""
+        counters kept, summary stays exact); crash=True kills it without warning;
+        forget_epoch=True removes its epoch file first, as erasing a board's flash
+        does (it boots at epoch 1 again). Returns the node's new epoch."""
         m = self.members[node_id]
         self.reboots += 1
         if self.runtime == "cpython":
             self._stop_inprocess(m, crash)
+            if forget_epoch:
+                self._forget_epoch(node_id)
             self._boot_inprocess(m)
             assert m.node is not None
             return m.node.epoch
         await m.stop(crash)
+        if forget_epoch:
+            self._forget_epoch(node_id)
         await m.spawn()
         await m.wait_booted(10.0)
         return m.boot_epoch
+
+    def _forget_epoch(self, node_id: int) -> None:
+        try:
+            os.remove(self.flash_dir(node_id) / "epoch")
+        except FileNotFoundError:
+            pass
 
     async def _reboot_loop(self) -> None:
         assert self.reboot_every

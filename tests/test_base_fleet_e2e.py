@@ -142,3 +142,35 @@ def test_a_base_that_crashed_and_restarted_counts_no_false_loss(tmp_path):
         assert b["lost"] == 0, (nid, b, s)
         assert b["received"] >= 10 and b["next_seq"] == s["published"], (nid, b, s)
         assert s["since"]["lab"] > 0                    # started afresh for the new base
+
+
+def test_a_node_flashed_again_from_scratch_is_a_new_boot_for_a_running_station():
+    # a MicroPython node runs at epoch 1; its flash is erased (the epoch file goes) and
+    # it boots at epoch 1 again, seq from 0. Before, the station took the new boot's
+    # readings for duplicates of the old ones and delivered none of them.
+    async def go():
+        st = BaseStation(udp=[("127.0.0.1", 0)], announce=False)
+        await st.start()
+        fleet = Fleet(1, runtime="micropython", bases=[st.addresses[0]], rate=20,
+                      status_every_ms=500)
+        try:
+            await fleet.start()
+            await asyncio.sleep(6.0)                      # past the 5-s margin
+            assert await fleet.reboot(1, forget_epoch=True) == 1
+            await asyncio.sleep(1.5)
+            sim = await fleet.stop()
+            last, deadline = None, time.monotonic() + 10
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                if st.counters["datagrams"] == last:
+                    break
+                last = st.counters["datagrams"]
+            return sim, st.summary()
+        finally:
+            await st.stop()
+
+    sim, base = asyncio.run(asyncio.wait_for(go(), 90))
+    b, s = base["nodes"]["1"], sim["nodes"]["1"]
+    assert base["epoch_restarts"] == 1
+    assert (b["epoch"], b["reboots"], b["duplicates"], b["lost"], b["stale"]) == (1, 1, 0, 0, 0), b
+    assert b["received"] == s["published"] > 0, (b, s)

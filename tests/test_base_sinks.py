@@ -2,6 +2,7 @@
 pending buffer; SenML export (JSON and CBOR with integer labels); JSON Lines/CSV."""
 
 import json
+import logging
 import sqlite3
 import time
 
@@ -200,3 +201,28 @@ def test_statuses_keep_the_announce_instance_and_an_older_database_gets_the_colu
         "SELECT node, firmware, instance FROM statuses ORDER BY rowid").fetchall()
     assert rows == [(1, "old", None), (2, "test-0.1", st.instance), (2, "test-0.1", 7),
                     (2, "test-0.1", None)]
+
+
+@pytest.mark.parametrize("process", [False, True], ids=["thread", "writer-process"])
+def test_readings_the_database_already_has_are_counted(tmp_path, caplog, process):
+    # the same (node, epoch, seq) from an earlier run: a restarted base receiving a
+    # reading again, or a node whose epochs started again. The database keeps the row it
+    # had; the sink counts it (already_stored) and says so once.
+    db = str(tmp_path / "s.db")
+    first = SQLiteSink(db)
+    st = BaseStation(udp=[], announce=False, sinks=[first])
+    node = TestNode(7, epoch=1)
+    st.ingest(node.batch([("t", float(i)) for i in range(3)]), ("127.0.0.1", 1))
+    st.flush()
+    first.close()
+    again = SQLiteSink(db, process=process)
+    st = BaseStation(udp=[], announce=False, sinks=[again])
+    node = TestNode(7, epoch=1)                     # epoch 1 again, other values
+    with caplog.at_level(logging.WARNING, logger="starling.base.sinks"):
+        st.ingest(node.batch([("t", 100.0 + i) for i in range(5)]), ("127.0.0.1", 1))
+        st.flush()
+    stats = st.summary()["sinks"]["sqlite"]
+    again.close()
+    assert stats["written"] == 5 and stats["already_stored"] == 3
+    assert [r.value for r in read_db(db)] == [0.0, 1.0, 2.0, 103.0, 104.0]
+    assert "3 readings were already in the database" in caplog.text

@@ -631,3 +631,66 @@ def test_a_status_about_a_predecessors_subscription_does_not_set_what_is_expecte
     st.ingest(old.status(since=0), ("127.0.0.1", 1))
     assert st.summary()["nodes"]["4"]["lost"] == 10
     assert st.make_announce().instance == st.instance != 0
+
+
+def test_a_node_whose_epochs_started_again_is_taken_as_a_new_boot(caplog):
+    # node 7 ran at epoch 5; it comes back at epoch 1 (its flash erased, or another
+    # board with its id). Before: everything from it was `stale`, never delivered.
+    t = [1000.0]
+    st = station(udp=[], clock=lambda: t[0])
+    old = TestNode(7, epoch=5)
+    st.ingest(old.status(), ("127.0.0.1", 1))
+    for i in range(3):
+        st.ingest(old.event("t", i), ("127.0.0.1", 1))
+    # a late STATUS of epoch 4, sent before epoch 5 began (boot 40 s ago): stale as ever
+    late = TestNode(7, epoch=4)
+    late.t = 40000
+    t[0] += 1.0
+    st.ingest(late.status(), ("127.0.0.1", 1))
+    n = st.summary()["nodes"]["7"]
+    assert (n["epoch"], n["stale"], st.counters["epoch_restarts"]) == (5, 1, 0)
+    # the re-flashed node boots (uptime 0.2 s) well after epoch 5 began
+    t[0] += 30.0
+    new = TestNode(7, epoch=1)
+    new.t = 200
+    with caplog.at_level(logging.WARNING, logger="starling.base"):
+        st.ingest(new.status(), ("127.0.0.1", 1))
+    for i in range(4):
+        st.ingest(new.event("t", 10 + i), ("127.0.0.1", 1))
+    n = st.summary()["nodes"]["7"]
+    assert (n["epoch"], n["received"], n["lost"], n["reboots"], n["stale"]) == (1, 7, 0, 1, 1)
+    assert st.counters["epoch_restarts"] == 1
+    assert "booted with epoch 1, below the epoch 5" in caplog.text
+    # a late message of the retired epochs is stale; its next boot (epoch 2) opens with
+    # its STATUS as usual
+    st.ingest(old.event("t", 99), ("127.0.0.1", 1))
+    assert st.summary()["nodes"]["7"]["stale"] == 2
+    new.reboot()
+    st.ingest(new.status(), ("127.0.0.1", 1))
+    st.ingest(new.event("t", 1), ("127.0.0.1", 1))
+    n = st.summary()["nodes"]["7"]
+    assert (n["epoch"], n["received"], n["reboots"], n["stale"]) == (2, 8, 2, 2)
+
+
+def test_a_young_node_flashed_again_at_the_same_epoch_is_a_new_boot_and_drift_is_not():
+    t = [1000.0]
+    st = station(udp=[], clock=lambda: t[0])
+    node = TestNode(3, epoch=1)
+    st.ingest(node.status(), ("127.0.0.1", 1))
+    for i in range(5):
+        st.ingest(node.event("t", i), ("127.0.0.1", 1))
+    # a week later its STATUS says uptime 604,770 s (its clock 50 ppm slow): no restart
+    t[0] += 604800.0
+    node.t = 604770000
+    st.ingest(node.status(), ("127.0.0.1", 1))
+    assert st.counters["epoch_restarts"] == 0
+    # flashed again from scratch: epoch 1 once more, seq from 0, uptime 0.3 s
+    t[0] += 60.0
+    again = TestNode(3, epoch=1)
+    again.t = 300
+    st.ingest(again.status(), ("127.0.0.1", 1))
+    for i in range(3):
+        st.ingest(again.event("t", 100 + i), ("127.0.0.1", 1))
+    n = st.summary()["nodes"]["3"]
+    assert st.counters["epoch_restarts"] == 1
+    assert (n["epoch"], n["received"], n["duplicates"], n["lost"], n["reboots"]) == (1, 8, 0, 0, 1)
