@@ -395,7 +395,6 @@ class NodeAccount:
         self.source: Any = None               # where the last message came from
         self.last: dict[str, Any] = {}        # topic -> newest in-order value
         self.status: Any = None               # last STATUS
-        self.lowest: int | None = None        # lowest epoch opened (since the last restart)
         self.retired = -1                     # epochs up to this were closed by restart_epochs()
         self.epoch_restarts = 0
         self.latency = Latency()
@@ -424,8 +423,6 @@ class NodeAccount:
         s.opened = arrival
         self.epochs[epoch] = s
         self.current = s
-        if self.lowest is None or epoch < self.lowest:
-            self.lowest = epoch
         while len(self.epochs) > self.keep_epochs:
             self._close(min(self.epochs))
         return s
@@ -450,9 +447,6 @@ class NodeAccount:
         if (cur is None or cur.opened is None or epoch > cur.epoch
                 or uptime_ms >= FRESH_BOOT_MS):
             return False
-        if not (epoch == cur.epoch or epoch in self.epochs
-                or (self.lowest is not None and epoch < self.lowest)):
-            return False          # a closed epoch between the open ones: stale as ever
         return arrival - uptime_ms / 1000.0 > cur.opened + RESTART_MARGIN
 
     def restart_epochs(self, epoch: int, arrival: float | None) -> EpochStream:
@@ -463,7 +457,6 @@ class NodeAccount:
         for e in sorted(self.epochs):
             self._close(e)
         self.current = None
-        self.lowest = None
         self.epoch_restarts += 1
         self.reboots += 1
         s = self.stream(epoch, arrival, True)

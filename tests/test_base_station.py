@@ -694,3 +694,25 @@ def test_a_young_node_flashed_again_at_the_same_epoch_is_a_new_boot_and_drift_is
     n = st.summary()["nodes"]["3"]
     assert st.counters["epoch_restarts"] == 1
     assert (n["epoch"], n["received"], n["duplicates"], n["lost"], n["reboots"]) == (1, 8, 0, 0, 1)
+
+
+def test_a_node_flashed_again_onto_a_closed_epoch_number_is_a_new_boot():
+    # epochs 1..5 seen (1 and 2 closed: 3 kept), then flashed from scratch: epoch 1
+    t = [1000.0]
+    st = station(udp=[], clock=lambda: t[0])
+    for e in range(1, 6):
+        n = TestNode(9, epoch=e)
+        st.ingest(n.status(), ("127.0.0.1", 1))
+        st.ingest(n.event("t", e), ("127.0.0.1", 1))
+        t[0] += 10.0
+    late = TestNode(9, epoch=1)            # a late STATUS of the first boot: stale
+    late.t = 45000
+    st.ingest(late.status(), ("127.0.0.1", 1))
+    assert st.counters["epoch_restarts"] == 0 and st.summary()["nodes"]["9"]["stale"] == 1
+    again = TestNode(9, epoch=1)
+    again.t = 500
+    st.ingest(again.status(), ("127.0.0.1", 1))
+    st.ingest(again.event("t", 0), ("127.0.0.1", 1))
+    n = st.summary()["nodes"]["9"]
+    assert st.counters["epoch_restarts"] == 1
+    assert (n["epoch"], n["received"], n["reboots"], n["stale"]) == (1, 6, 5, 1)
