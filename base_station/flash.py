@@ -19,6 +19,9 @@ from this interpreter (so the venv's mpremote 1.29), with a time limit:
 4. verify   `exec` a script that prints sha256 and size of every bundle file as the
             board reads them back (hashlib + binascii: boards and the unix port);
             each is compared with MANIFEST.json. A difference names the file.
+4b. epoch   (--epoch-from DB) `exec`: write /epoch when the board's (read by the
+            probe) is missing or below the newest epoch DB holds for the bundle's
+            node id, so the node boots above it.
 5. reset    and tail: pyserial opens the port, interrupts the REPL and resets the
             board, then prints what it says for --tail seconds (the first log lines
             of the node). "hard": machine.reset() from the raw REPL (reopening the
@@ -88,6 +91,7 @@ class FlashReport:
     verified: int = 0
     romfs: int = 0                   # bytes written to the ROMFS partition (--romfs)
     romfs_partition: int = 0         # the partition's size
+    epoch_written: int | None = None  # --epoch-from: the epoch file written, if it was
     reset: str = ""                  # the reset done: hard / soft / none
     tail: str = ""                   # the board's output after the reset
     commands: list[list[str]] = field(default_factory=list)
@@ -102,7 +106,8 @@ def mpremote_argv() -> list[str]:
 
 def _probe_script() -> str:
     # prints: platform, version, the mpy version it loads, 1 if "/" is a host's root,
-    # 1 if a mounted ROMFS holds Starling modules (/rom/firmware)
+    # 1 if a mounted ROMFS holds Starling modules (/rom/firmware), the epoch in /epoch
+    # (-1: none or unreadable)
     return ("import sys, os\n"
             "v = sys.implementation\n"
             "r = 0\n"
@@ -117,8 +122,15 @@ def _probe_script() -> str:
             " m = 1\n"
             "except OSError:\n"
             " pass\n"
+            "e = -1\n"
+            "try:\n"
+            " f = open(\"/epoch\")\n"
+            " e = int(f.read())\n"
+            " f.close()\n"
+            "except Exception:\n"
+            " pass\n"
             "print(\"%s-PROBE\", sys.platform, \"%%d.%%d.%%d\" %% v.version[:3], "
-            "getattr(v, \"_mpy\", 0), r, m)\n" % _PREFIX)
+            "getattr(v, \"_mpy\", 0), r, m, e)\n" % _PREFIX)
 
 
 def _romfs_probe_script() -> str:
@@ -150,6 +162,34 @@ def _romfs_verify_script(size: int) -> str:
             " h.update(m[o:o + k])\n"
             " o += k\n"
             "print(\"%s-ROMSHA\", binascii.hexlify(h.digest()).decode())\n" % (size, size, _PREFIX))
+
+
+def _epoch_script(epoch: int) -> str:
+    # the node's epoch file, written as firmware.core.save_epoch() writes it (the node
+    # boots at epoch + 1)
+    return ("f = open(\"/epoch\", \"w\")\n"
+            "f.write(\"%d\")\n"
+            "f.close()\n"
+            "print(\"%s-EPOCH\", %d)\n" % (epoch, _PREFIX, epoch))
+
+
+def database_epoch(db_path: str, node: int) -> int | None:
+    """The newest epoch a Starling database holds for `node` (readings or statuses),
+    or None. Raises FlashError when the file is not a Starling database."""
+    import sqlite3
+    if not os.path.exists(db_path):
+        raise FlashError("--epoch-from %s: no such database" % db_path)
+    try:
+        db = sqlite3.connect(Path(db_path).resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT MAX(e) FROM (SELECT MAX(epoch) AS e FROM readings WHERE node = ?"
+                             " UNION ALL SELECT MAX(epoch) FROM statuses WHERE node = ?)",
+                             (node, node)).fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        raise FlashError("--epoch-from %s: not a Starling database (%s)" % (db_path, e)) from None
+    return None if row is None or row[0] is None else int(row[0])
 
 
 def _clear_script(dirs: list[str]) -> str:
@@ -270,6 +310,9 @@ class _Plan:
 
     def verify(self) -> list[str]:
         return self.connect() + ["exec", _verify_script(["/" + f for f in self.files])]
+
+    def epoch(self, epoch: int) -> list[str]:
+        return self.connect() + ["exec", _epoch_script(epoch)]
 
 
 def _show(argv: list[str]) -> str:
@@ -417,10 +460,14 @@ def reset_and_tail(port: str, mode: str, seconds: float, echo: Callable[[str], N
 def flash_bundle(port: str, bundle_dir: str | os.PathLike[str], *, reset: str = "auto",
                  tail: float = 3.0, dry_run: bool = False, force: bool = False,
                  timeout: float = _STEP_TIMEOUT, out: Callable[[str], None] = print,
-                 romfs: bool = False) -> FlashReport:
+                 romfs: bool = False, epoch_from: str | None = None) -> FlashReport:
     """Copy, verify, reset, tail; see the module docstring. Raises FlashError.
 
-    romfs: the modules go to the board's ROMFS partition as the bundle's romfs.img."""
+    romfs: the modules go to the board's ROMFS partition as the bundle's romfs.img.
+    epoch_from: a Starling database; when the board's epoch file is missing or below
+    the newest epoch the database holds for the bundle's node id, that epoch is
+    written to it, so the node goes on above it (a board whose flash was erased, or
+    a new board taking an old node id, would start again at epoch 1)."""
     if reset not in RESETS:
         raise FlashError("--reset must be one of %s" % ", ".join(RESETS))
     bundle = Path(bundle_dir)
@@ -433,6 +480,10 @@ def flash_bundle(port: str, bundle_dir: str | os.PathLike[str], *, reset: str = 
         _check_local_romfs(bundle, manifest)
     plan = _Plan(port, bundle, manifest, romfs)
     report = FlashReport(port, manifest.get("board", "?"))
+    carry = None          # (node id, the database's newest epoch of it, or None)
+    if epoch_from is not None:
+        node = _bundle_node(bundle)
+        carry = (node, database_epoch(epoch_from, node))
     steps = [("probe", plan.probe())]
     if romfs:
         steps += [("romfs", plan.romfs_probe()), ("deploy", plan.romfs_deploy())]
@@ -447,6 +498,10 @@ def flash_bundle(port: str, bundle_dir: str | os.PathLike[str], *, reset: str = 
                         "if the board is the unix port",
                 "hard": "hard (machine.reset() in the raw REPL)",
                 "soft": "soft (Ctrl-D at the friendly REPL)", "none": "none"}[reset]
+        if carry is not None and carry[1] is not None:
+            out("# epoch (only if the board's epoch file is missing or below %d, the newest "
+                "epoch of node %d in %s)\n%s" % (carry[1], carry[0], epoch_from,
+                                                  _show(plan.epoch(carry[1]))))
         out("# reset: %s; then print the board's output for %.1f s (pyserial on %s)" % (what, tail, port))
         return report
 
@@ -500,6 +555,10 @@ def flash_bundle(port: str, bundle_dir: str | os.PathLike[str], *, reset: str = 
                                                              got_rom[-1][0] if got_rom else "?", want))
         out("  ROMFS partition verified by sha256 (%d bytes)" % report.romfs)
 
+    if carry is not None:
+        _carry_epoch(plan, report, carry, int(probe[-1][5]) if len(probe[-1]) > 5 else -1,
+                     epoch_from or "", timeout, out)
+
     mode = reset
     if mode == "auto":
         mode = "soft" if report.platform == "linux" else "hard"
@@ -508,6 +567,34 @@ def flash_bundle(port: str, bundle_dir: str | os.PathLike[str], *, reset: str = 
         out("reset (%s); board output for %.1f s:" % (mode, tail))
         report.tail = reset_and_tail(port, mode, tail, echo=lambda line: out("  | " + line))
     return report
+
+
+def _bundle_node(bundle: Path) -> int:
+    try:
+        node = json.loads((bundle / "node.json").read_text(encoding="utf-8"))["node"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise FlashError("--epoch-from: cannot read the node id from %s: %s"
+                         % (bundle / "node.json", e)) from None
+    return int(node)
+
+
+def _carry_epoch(plan: _Plan, report: FlashReport, carry: tuple[int, int | None], board: int,
+                 db_path: str, timeout: float, out: Callable[[str], None]) -> None:
+    node, newest = carry
+    had = "no epoch file" if board < 0 else "epoch %d" % board
+    if newest is None:
+        out("epoch: %s has no epoch of node %d; the board keeps %s" % (db_path, node, had))
+        return
+    if board >= newest:
+        out("epoch: the board's epoch %d is not below %d, the newest of node %d in %s: kept"
+            % (board, newest, node, db_path))
+        return
+    got = _lines(_run_mpremote(plan.epoch(newest), "epoch", plan.port, timeout), "EPOCH")
+    if not got or got[-1][0] != str(newest):
+        raise FlashError("epoch: the board did not confirm writing its epoch file")
+    report.epoch_written = newest
+    out("epoch: the board had %s; wrote %d, the newest epoch of node %d in %s: it boots at %d"
+        % (had, newest, node, db_path, newest + 1))
 
 
 def _check_local_romfs(bundle: Path, manifest: dict[str, Any]) -> None:
@@ -573,6 +660,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--romfs", action="store_true",
                         help="write the modules to the board's ROMFS partition as the bundle's romfs.img "
                              "(`starling build --romfs`; firmware with a ROMFS partition only)")
+    parser.add_argument("--epoch-from", metavar="DB",
+                        help="a Starling database: if the board's epoch file is missing or below "
+                             "the newest epoch DB holds for the bundle's node id, write that epoch "
+                             "(a board whose flash was erased, or a new board taking an old id, "
+                             "would start again at epoch 1)")
     parser.add_argument("--timeout", type=positive, default=_STEP_TIMEOUT, metavar="S",
                         help="time limit of one mpremote step (default %.0f)" % _STEP_TIMEOUT)
 
@@ -592,7 +684,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = flash_bundle(args.port, args.bundle, reset=args.reset, tail=args.tail,
                               dry_run=args.dry_run, force=args.force, timeout=args.timeout,
-                              romfs=getattr(args, "romfs", False))
+                              romfs=getattr(args, "romfs", False),
+                              epoch_from=getattr(args, "epoch_from", None))
     except FlashError as e:
         print("starling flash: error: %s" % e, file=sys.stderr)
         return 1

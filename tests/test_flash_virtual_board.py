@@ -317,3 +317,37 @@ def test_attach_uart_links_a_host_port_under_dev(tmp_path):
     for bad in ("", "a/b", "..", "."):
         with pytest.raises(ValueError):
             board.attach_uart(bad, tmp_path / "pty-a")
+
+
+def test_epoch_carried_over_from_the_database(board, bundle, base, tmp_path):
+    # a board with no epoch file (its flash erased, or a new board for node 7) whose
+    # base database already holds node 7 up to epoch 12: --epoch-from writes 12, the
+    # node boots at 13, and its readings do not collide with the stored ones
+    from base_station.sinks import SQLiteSink
+    from base_station.testing import TestNode
+    db = str(tmp_path / "s.db")
+    sink = SQLiteSink(db)
+    st = BaseStation(udp=[], announce=False, sinks=[sink])
+    st.ingest(TestNode(NODE, epoch=12).event("temp", 1.0), ("127.0.0.1", 1))
+    st.ingest(TestNode(NODE + 1, epoch=40).event("temp", 1.0), ("127.0.0.1", 1))
+    st.flush()
+    sink.close()
+    assert flash.database_epoch(db, NODE) == 12 and flash.database_epoch(db, 99) is None
+    assert not (board.root / "epoch").exists()
+    lines: list[str] = []
+    report = flash_bundle(board.port, bundle, tail=1.0, out=lines.append, epoch_from=db)
+    assert report.epoch_written == 12
+    assert any("epoch: the board had no epoch file; wrote 12" in line for line in lines), lines
+    assert _receive(base, NODE)[-1].epoch == 13
+    # flashed again: the board's epoch (13) is not below the database's: kept
+    lines = []
+    report = flash_bundle(board.port, bundle, tail=1.0, out=lines.append, epoch_from=db)
+    assert report.epoch_written is None
+    assert any("epoch: the board's epoch 13 is not below 12" in line for line in lines), lines
+    with pytest.raises(FlashError, match="no such database"):
+        flash_bundle(board.port, bundle, tail=0, out=lines.append,
+                     epoch_from=str(tmp_path / "missing.db"))
+    lines = []
+    flash_bundle(board.port, bundle, dry_run=True, out=lines.append, epoch_from=db)
+    step = [line for line in lines if line.startswith("# epoch")]
+    assert step and "below 12, the newest epoch of node 7" in step[0] and "/epoch" in step[0]
