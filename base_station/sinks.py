@@ -641,7 +641,8 @@ class SQLiteSink(Sink):
                     log.warning("sqlite %s: %d readings were already in the database (the same "
                                 "node, epoch and seq) and it kept the rows it had: a restarted "
                                 "base receiving them again, or a node whose epochs started again "
-                                "(docs/BOARDS.md); counted in already_stored", self.path, already)
+                                "(`starling flash --epoch-from` prevents that); counted in "
+                                "already_stored", self.path, already)
             if statuses:
                 self._ship([], 0, statuses)
             with self._lock:

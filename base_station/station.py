@@ -788,8 +788,9 @@ class BaseStation:
                       "node %d booted with epoch %d, below the epoch %s it had: its epochs "
                       "started again (its flash erased, or another board with its node id); "
                       "taken as a new boot. A database that holds its earlier epoch %d keeps "
-                      "those rows and ignores new readings with the same (node, epoch, seq): "
-                      "see docs/BOARDS.md", st.node, st.epoch, old, st.epoch)
+                      "those rows and ignores new readings with the same (node, epoch, seq); "
+                      "`starling flash --epoch-from DB` carries a board's epoch over",
+                      st.node, st.epoch, old, st.epoch)
         else:
             s = acct.stream(st.epoch, arrival, True)
         if s is None:
