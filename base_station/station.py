@@ -785,8 +785,9 @@ class BaseStation:
             s = acct.restart_epochs(st.epoch, arrival)
             self.counters["epoch_restarts"] += 1
             self._log(logging.WARNING, ("epoch_restart", st.node),
-                      "node %d booted with epoch %d, below the epoch %s it had: its epochs "
-                      "started again (its flash erased, or another board with its node id); "
+                      "node %d booted again with epoch %d, not above the epoch %s it had: its "
+                      "epochs started again (its flash erased, another board with its node id, "
+                      "or its epoch file could not be written); "
                       "taken as a new boot. A database that holds its earlier epoch %d keeps "
                       "those rows and ignores new readings with the same (node, epoch, seq); "
                       "`starling flash --epoch-from DB` carries a board's epoch over",

@@ -660,7 +660,7 @@ def test_a_node_whose_epochs_started_again_is_taken_as_a_new_boot(caplog):
     n = st.summary()["nodes"]["7"]
     assert (n["epoch"], n["received"], n["lost"], n["reboots"], n["stale"]) == (1, 7, 0, 1, 1)
     assert st.counters["epoch_restarts"] == 1
-    assert "booted with epoch 1, below the epoch 5" in caplog.text
+    assert "booted again with epoch 1, not above the epoch 5" in caplog.text
     # a late message of the retired epochs is stale; its next boot (epoch 2) opens with
     # its STATUS as usual
     st.ingest(old.event("t", 99), ("127.0.0.1", 1))
