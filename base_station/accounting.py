@@ -120,7 +120,7 @@ class EpochStream:
         self._hi: list[int] = []         # hole ends (exclusive), ascending
         self.time_base: int | None = None  # Unix ms at uptime 0, from STATUS
         self.status: Any = None          # last STATUS message of this epoch
-        self.opened: float | None = None  # arrival (Unix s) of its first message
+        self.opened: float | None = None  # when its first message came (a monotonic clock, s)
 
     # -- derived numbers ---------------------------------------------------------------
     @property
@@ -435,7 +435,8 @@ class NodeAccount:
 
     def epochs_started_again(self, epoch: int, uptime_ms: int, arrival: float) -> bool:
         """A STATUS of `epoch` (not newer than the current one), sent `uptime_ms` after
-        its node booted, arriving at `arrival` (Unix s): True when it comes from a boot
+        its node booted, arriving at `arrival` (s, on the monotonic clock `opened` is on,
+        so that a step of the wall clock cannot look like a boot): True when it comes from a boot
         more than RESTART_MARGIN s after the current epoch's first message, i.e. the
         node's epochs started again (its flash erased, or another board with its node
         id). A STATUS of an earlier boot, or of the current one, comes from a boot

@@ -292,6 +292,10 @@ class BaseStation:
         max_holes_total: gaps (holes) the accounting keeps over all nodes and epochs
             (default 2**20, ~75 MB); past it a stream that adds one forgets its older
             half (base_station/accounting.py, "Bounds").
+        clock: Unix time in s for arrivals (default time.time; tests inject one).
+        monotonic: the clock for intervals that must not jump when the wall clock is
+            stepped (whether a node's epochs started again); default time.monotonic,
+            or `clock` when one is injected.
     """
 
     def __init__(self, *, udp: Iterable[tuple[str, int]] = (("0.0.0.0", codes.UDP_PORT),),
@@ -303,7 +307,8 @@ class BaseStation:
                  max_datagram: int = codes.MAX_DATAGRAM, max_holes: int = MAX_HOLES,
                  keep_epochs: int = KEEP_EPOCHS, rcvbuf: int = RCVBUF,
                  reader_process: bool = False, max_nodes: int = MAX_NODES,
-                 max_holes_total: int = MAX_HOLES_TOTAL, clock: Callable[[], float] = time.time):
+                 max_holes_total: int = MAX_HOLES_TOTAL, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] | None = None):
         self.udp = list(udp)
         self.discovery = list(discovery)
         self.announce_enabled = announce and bool(self.discovery)
@@ -340,6 +345,9 @@ class BaseStation:
         self.hole_budget = HoleBudget(max_holes_total)
         self._last_total = 0             # topics with a last value, over all nodes
         self.clock = clock
+        # intervals that must not jump with the wall clock (an NTP step at a base's boot):
+        # when a node's epochs started again. With an injected `clock`, that one.
+        self.monotonic = monotonic or (time.monotonic if clock is time.time else clock)
         self.nodes: dict[int, NodeAccount] = {}
         self.listeners: list[UdpListener] = []
         self.announcer: Announcer | None = None
@@ -694,7 +702,7 @@ class BaseStation:
             acct.source = source
         s = acct.current
         if s is None or s.epoch != epoch:
-            s = acct.stream(epoch, arrival)
+            s = acct.stream(epoch, self.monotonic())
             if s is None:
                 return
         if s.add(seq, 1, skip) is not ALL:
@@ -740,7 +748,7 @@ class BaseStation:
             acct.source = source
         s = acct.current
         if s is None or s.epoch != b.epoch:
-            s = acct.stream(b.epoch, arrival)
+            s = acct.stream(b.epoch, self.monotonic())
             if s is None:
                 return
         if type(b) is _FastBatch:
@@ -780,9 +788,10 @@ class BaseStation:
         if acct is None:
             return
         s: EpochStream | None
-        if acct.epochs_started_again(st.epoch, st.uptime, arrival):
+        mono = self.monotonic()
+        if acct.epochs_started_again(st.epoch, st.uptime, mono):
             old = acct.current.epoch if acct.current is not None else None
-            s = acct.restart_epochs(st.epoch, arrival)
+            s = acct.restart_epochs(st.epoch, mono)
             self.counters["epoch_restarts"] += 1
             self._log(logging.WARNING, ("epoch_restart", st.node),
                       "node %d booted again with epoch %d, not above the epoch %s it had: its "
@@ -793,7 +802,7 @@ class BaseStation:
                       "`starling flash --epoch-from DB` carries a board's epoch over",
                       st.node, st.epoch, old, st.epoch)
         else:
-            s = acct.stream(st.epoch, arrival, True)
+            s = acct.stream(st.epoch, mono, True)
         if s is None:
             return
         if st.instance is None or st.instance == self.instance:

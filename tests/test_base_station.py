@@ -716,3 +716,19 @@ def test_a_node_flashed_again_onto_a_closed_epoch_number_is_a_new_boot():
     n = st.summary()["nodes"]["9"]
     assert st.counters["epoch_restarts"] == 1
     assert (n["epoch"], n["received"], n["reboots"], n["stale"]) == (1, 6, 5, 1)
+
+
+def test_a_wall_clock_step_at_the_base_is_not_a_node_booting_again():
+    # a base without a battery-backed clock: NTP steps its wall clock by an hour while a
+    # young node runs. The restart check runs on the monotonic clock, so nothing happens.
+    wall, mono = [1000.0], [50.0]
+    st = station(udp=[], clock=lambda: wall[0], monotonic=lambda: mono[0])
+    node = TestNode(4, epoch=2)
+    st.ingest(node.status(), ("127.0.0.1", 1))
+    st.ingest(node.event("t", 1), ("127.0.0.1", 1))
+    wall[0] += 3600.0
+    mono[0] += 10.0
+    node.t = 10000
+    st.ingest(node.status(), ("127.0.0.1", 1))
+    n = st.summary()["nodes"]["4"]
+    assert st.counters["epoch_restarts"] == 0 and (n["received"], n["reboots"]) == (1, 0)
