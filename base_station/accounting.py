@@ -396,6 +396,7 @@ class NodeAccount:
         self.last: dict[str, Any] = {}        # topic -> newest in-order value
         self.status: Any = None               # last STATUS
         self.retired = -1                     # epochs up to this were closed by restart_epochs()
+        self.resubscribed: tuple[int, int] | None = None   # (epoch, the node's count) at its last STATUS
         self.epoch_restarts = 0
         self.latency = Latency()
         self._rate_sec = 0

@@ -355,7 +355,7 @@ class BaseStation:
         self.counters: dict[str, int] = dict.fromkeys(
             ("datagrams", "bytes", "messages", "readings", "malformed", "rejected",
              "unknown_kind", "extra_fields", "ignored", "internal_errors", "sink_errors",
-             "callback_errors", "predecessor_status", "epoch_restarts"), 0)
+             "callback_errors", "predecessor_status", "epoch_restarts", "base_id_shared"), 0)
         self.malformed_reasons: dict[str, int] = {}
         self.rejected_reasons: dict[str, int] = {}
         self._windows: dict[int, auth.ReplayWindow] = {}
@@ -816,11 +816,31 @@ class BaseStation:
         s.status = st
         if s is acct.current:
             acct.status = st
+            self._resubscribed(acct, st)
         for sink in self.sinks:
             try:
                 sink.write_status(st.node, st, arrival)
             except Exception as e:
                 self._sink_failed(sink, e)
+
+    def _resubscribed(self, acct: NodeAccount, st: Status) -> None:
+        # The node's count of subscriptions it started afresh because their base id
+        # announced another instance. One is a base that restarted; two or more between
+        # its STATUS messages to us, again and again, are two stations announcing with
+        # one base id (our entry on the node flips between them, its address and
+        # instance with it, so each station sees only its own instance).
+        n = st.counters.get(codes.CTR_RESUBSCRIBED)
+        if n is None:
+            return
+        prev = acct.resubscribed
+        acct.resubscribed = (st.epoch, n)
+        if prev is not None and prev[0] == st.epoch and n - prev[1] >= 2:
+            self.counters["base_id_shared"] += 1
+            self._log(logging.WARNING, ("base_id_shared", st.node),
+                      "node %d started subscriptions afresh %d times since its last STATUS "
+                      "to us: another station is announcing with our base id %r? Each then "
+                      "gets part of the stream (counted skipped); give each its own --base-id",
+                      st.node, n - prev[1], self.base_id)
 
     def _deliver(self, block: Block) -> None:
         self.counters["readings"] += len(block.ts)

@@ -92,8 +92,8 @@ _CAP_BATCH = const(32)
 _MAX_BODY = const(1391)      # MAX_DATAGRAM - 9: an EVENT body leaves room for any skip
 # STATUS counter keys in CBOR map order (ascending); _counters() fills them so
 # (codes.CTR_PUBLISHED, CTR_DROPPED, CTR_QUEUE, CTR_FREE_MEM, CTR_RATE_SHED, CTR_RX_BAD,
-# CTR_SEND_ERRORS)
-_STATUS_KEYS = (1, 2, 4, 5, 6, 7, 8)
+# CTR_SEND_ERRORS, CTR_RESUBSCRIBED)
+_STATUS_KEYS = (1, 2, 4, 5, 6, 7, 8, 17)
 
 
 class Node(NodeCore):
@@ -104,6 +104,7 @@ class Node(NodeCore):
         self.published = 0
         self.dropped = 0
         self.rate_shed = 0
+        self.resubscribed = 0   # entries started afresh (their base id, another instance)
         self.rx_bad = 0
         self.send_errors = 0
         self.statuses = 0
@@ -320,6 +321,8 @@ class Node(NodeCore):
                                           self.next_seq, instance)
             if new:
                 created = sub
+                if new == RESTARTED:
+                    self.resubscribed += 1
                 self.hal.log("subscriber %s at %s: %r rate %d lease %d s%s" % (
                     base, self.hal.addr_str(target), filters, max_rate, lease,
                     " (the base restarted)" if new == RESTARTED else ""))
@@ -346,6 +349,7 @@ class Node(NodeCore):
         c[4] = self.rate_shed
         c[5] = self.rx_bad
         c[6] = self.send_errors
+        c[7] = self.resubscribed
         return c
 
     def _send_status(self, sub):
@@ -461,6 +465,7 @@ class Node(NodeCore):
                 "last_seq": self.next_seq - 1 if self.next_seq else None,
                 "dropped": self.dropped, "rate_shed": self.rate_shed, "rx_bad": self.rx_bad,
                 "send_errors": self.send_errors, "statuses": self.statuses,
+                "resubscribed": self.resubscribed,
                 "uptime": self.uptime, "subscribers": len(self.subs),
                 # base id -> since: the seqs published before that base subscribed
                 "since": dict((e.base, e.since) for e in self.subs.entries)}

@@ -48,6 +48,9 @@ CTR_LINK_RTT = const(13)       # smoothed round-trip time upstream, ms
 CTR_LINK_WINDOW = const(14)    # DATA frames in flight upstream now
 CTR_LINK_DOWNS = const(15)     # times the upstream link was declared down
 CTR_FORWARDED = const(16)      # messages of downstream nodes forwarded upstream
+# UDP node: subscriptions started afresh because their base id announced another
+# instance (a base restarted; again and again: two stations share one base id)
+CTR_RESUBSCRIBED = const(17)
 
 COUNTER_NAMES = {
     CTR_PUBLISHED: "published",
@@ -66,6 +69,7 @@ COUNTER_NAMES = {
     CTR_LINK_WINDOW: "link_window_in_use",
     CTR_LINK_DOWNS: "link_downs",
     CTR_FORWARDED: "forwarded",
+    CTR_RESUBSCRIBED: "resubscribed",
 }
 
 # STATUS capability bits

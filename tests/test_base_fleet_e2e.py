@@ -174,3 +174,40 @@ def test_a_node_flashed_again_from_scratch_is_a_new_boot_for_a_running_station()
     assert base["epoch_restarts"] == 1
     assert (b["epoch"], b["reboots"], b["duplicates"], b["lost"], b["stale"]) == (1, 1, 0, 0, 0), b
     assert b["received"] == s["published"] > 0, (b, s)
+
+
+def test_two_stations_with_one_base_id_are_called_out(caplog):
+    # a misconfiguration: two stations announce as "lab"; each node's one entry for "lab"
+    # flips between them (each gets part of the stream, as `skipped`). The node counts
+    # the entries it started afresh; a station seeing that count jump says so.
+    import logging
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        disc = s.getsockname()[1]
+
+    async def go():
+        fleet = Fleet(1, runtime="micropython", bases=[], discovery_port=disc, rate=20,
+                      status_every_ms=500)
+        await fleet.start()
+        stations = [BaseStation(udp=[("127.0.0.1", 0)], discovery=[("127.255.255.255", disc)],
+                                base_id="lab", lease=1) for _ in range(2)]
+        for st in stations:
+            await st.start()
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if sum(st.counters["base_id_shared"] for st in stations):
+                    break
+                await asyncio.sleep(0.2)
+        finally:
+            await fleet.stop()
+            for st in stations:
+                await st.stop()
+        return [st.counters["base_id_shared"] for st in stations]
+
+    with caplog.at_level(logging.WARNING, logger="starling.base"):
+        shared = asyncio.run(asyncio.wait_for(go(), 60))
+    assert sum(shared) >= 1, shared
+    assert "another station is announcing with our base id 'lab'" in caplog.text

@@ -732,3 +732,23 @@ def test_a_wall_clock_step_at_the_base_is_not_a_node_booting_again():
     st.ingest(node.status(), ("127.0.0.1", 1))
     n = st.summary()["nodes"]["4"]
     assert st.counters["epoch_restarts"] == 0 and (n["received"], n["reboots"]) == (1, 0)
+
+
+def test_a_node_restarting_our_subscription_again_and_again_is_called_out(caplog):
+    st = station(udp=[], base_id="lab")
+    node = TestNode(6)
+
+    def status(n):
+        st.ingest(node.status(counters={codes.CTR_PUBLISHED: 0, codes.CTR_RESUBSCRIBED: n},
+                              instance=st.instance), ("127.0.0.1", 1))
+
+    with caplog.at_level(logging.WARNING, logger="starling.base"):
+        status(0)
+        status(1)          # one restart: a base restarted, nothing to say
+        assert st.counters["base_id_shared"] == 0
+        status(3)          # two more since the last STATUS: flipping between two stations
+    assert st.counters["base_id_shared"] == 1
+    assert "another station is announcing with our base id 'lab'" in caplog.text
+    node.reboot()          # a new boot counts from 0 again
+    status(0)
+    assert st.counters["base_id_shared"] == 1

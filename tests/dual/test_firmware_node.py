@@ -407,6 +407,8 @@ def test_a_restarted_base_gets_a_fresh_subscription_and_status_names_it():
     st = decoded(hal, BASE, Status)
     assert len(st) == n + 1
     assert (st[-1].since, st[-1].last_seq, st[-1].skip, st[-1].instance) == (first, first - 1, 0, 222)
+    assert st[0].counters[codes.CTR_RESUBSCRIBED] == 0 and st[-1].counters[codes.CTR_RESUBSCRIBED] == 1
+    assert node.report()["resubscribed"] == 1
     run_for(node, hal, 300)
     ev = [e for e in decoded(hal, BASE, Event) if e.seq >= first]
     assert ev and ev[0].seq == first and ev[0].skip == 0

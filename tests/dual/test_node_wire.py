@@ -18,7 +18,7 @@ from test_firmware_node import FakeHal, run_for, announce, STATIC
 
 _MP = sys.implementation.name == "micropython"
 KEYS = (codes.CTR_PUBLISHED, codes.CTR_DROPPED, codes.CTR_QUEUE, codes.CTR_FREE_MEM,
-        codes.CTR_RATE_SHED, codes.CTR_RX_BAD, codes.CTR_SEND_ERRORS)
+        codes.CTR_RATE_SHED, codes.CTR_RX_BAD, codes.CTR_SEND_ERRORS, codes.CTR_RESUBSCRIBED)
 
 
 def _regenerated(data):
@@ -101,7 +101,7 @@ def test_status_writer_matches_status_encode():
         for tb in (None, 0, 1767225600000):
             for hop in (None, 0, 30, 255):
                 for v in big:
-                    vals = [v, 1, 2, 3, 4, 5, v]
+                    vals = [v] + list(range(1, len(w.keys) - 1)) + [v]
                     n = w.status(3, last, 2, 1, v, tb, 17, vals, hop)
                     ctr = dict(zip(w.keys, vals))
                     want = Status(4000000000, 3, last, 2, 1, v, tb, "0.1.0-test", 17, ctr, hop).encode()
@@ -110,7 +110,7 @@ def test_status_writer_matches_status_encode():
     for inst in (0, 23, 65536, 4294967295):
         for hop in (None, 2):
             for v in (0, 4294967296, 18446744073709551615):
-                vals = [v, 1, 2, 3, 4, 5, v]
+                vals = [v] + list(range(1, len(w.keys) - 1)) + [v]
                 n = w.status(3, 70000, 2, 1, v, 1767225600000, 17, vals, hop, inst)
                 want = Status(4000000000, 3, 70000, 2, 1, v, 1767225600000, "0.1.0-test", 17,
                               dict(zip(w.keys, vals)), hop, inst).encode()
@@ -281,7 +281,7 @@ def test_private_constants_agree_with_codes():
         codes.CAP_UDP, codes.CAP_AUTH, codes.CAP_TIME, codes.CAP_BATCH)
     assert node_mod._STATUS_KEYS == (
         codes.CTR_PUBLISHED, codes.CTR_DROPPED, codes.CTR_QUEUE, codes.CTR_FREE_MEM,
-        codes.CTR_RATE_SHED, codes.CTR_RX_BAD, codes.CTR_SEND_ERRORS)
+        codes.CTR_RATE_SHED, codes.CTR_RX_BAD, codes.CTR_SEND_ERRORS, codes.CTR_RESUBSCRIBED)
     assert list(node_mod._STATUS_KEYS) == sorted(node_mod._STATUS_KEYS)
     assert node_mod._BATCH_MAX == config.BATCH_MAX
 
