@@ -397,7 +397,6 @@ class NodeAccount:
         self.status: Any = None               # last STATUS
         self.retired = -1                     # epochs up to this were closed by restart_epochs()
         self.resubscribed: tuple[int, int] | None = None   # (epoch, the node's count) at its last STATUS
-        self.epoch_restarts = 0
         self.latency = Latency()
         self._rate_sec = 0
         self._rate = [0] * RATE_WINDOW
@@ -459,7 +458,6 @@ class NodeAccount:
         for e in sorted(self.epochs):
             self._close(e)
         self.current = None
-        self.epoch_restarts += 1
         self.reboots += 1
         s = self.stream(epoch, arrival, True)
         assert s is not None

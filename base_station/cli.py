@@ -133,7 +133,7 @@ def build_station(args: argparse.Namespace, **overrides: Any):
     summary_json = getattr(args, "summary_json", None)
     if summary_json and not os.path.isdir(os.path.dirname(os.path.abspath(summary_json))):
         raise ValueError("--summary-json %s: no such directory" % summary_json)
-    dashes = ["--" + n for n in ("jsonl", "csv", "senml") if getattr(args, n, None) == "-"]
+    dashes = stdout_outputs(args)
     if len(dashes) > 1:
         raise ValueError("%s: only one output can be stdout (-)" % " and ".join(dashes))
     sinks: list = []
@@ -169,11 +169,15 @@ def build_station(args: argparse.Namespace, **overrides: Any):
     return station
 
 
+def stdout_outputs(args: argparse.Namespace) -> list[str]:
+    """The output options given as "-" (stdout): at most one may be."""
+    return ["--" + n for n in ("jsonl", "csv", "senml") if getattr(args, n, None) == "-"]
+
+
 def writes_stdout(args: argparse.Namespace) -> bool:
     """A sink writes to stdout ("-"): the view, the plain lines and the summary go to
     stderr instead."""
-    return "-" in (getattr(args, "jsonl", None), getattr(args, "csv", None),
-                   getattr(args, "senml", None))
+    return bool(stdout_outputs(args))
 
 
 def _setup_logging(verbose: int) -> None:
@@ -342,7 +346,7 @@ def run_export(args: argparse.Namespace) -> int:
     if not os.path.exists(args.db):
         print("starling export: %s: no such database" % args.db, file=sys.stderr)
         return 2
-    dashes = ["--" + o for o in ("senml", "jsonl", "csv") if getattr(args, o) == "-"]
+    dashes = stdout_outputs(args)
     if len(dashes) > 1:
         print("starling export: %s: only one output can be stdout (-)" % " and ".join(dashes),
               file=sys.stderr)

@@ -15,6 +15,16 @@ from base_station.station import BaseStation
 from sim.fleet import Fleet
 
 
+async def quiet(st: BaseStation, timeout: float = 10.0) -> None:
+    """A quiet period: until the station's datagram count stops moving (at most `timeout` s)."""
+    last, deadline = None, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        if st.counters["datagrams"] == last:
+            return
+        last = st.counters["datagrams"]
+
+
 @pytest.mark.parametrize("reader_process", [False, True], ids=["in-process", "reader-process"])
 def test_station_accounting_equals_what_the_relay_did(reader_process):
     async def go():
@@ -26,14 +36,7 @@ def test_station_accounting_equals_what_the_relay_did(reader_process):
             await fleet.start()
             await asyncio.sleep(1.5)
             sim = await fleet.stop()
-            # quiet period: until the station's counts stop moving
-            last, deadline = None, time.monotonic() + 10
-            while time.monotonic() < deadline:
-                await asyncio.sleep(0.2)
-                now = st.counters["datagrams"]
-                if now == last:
-                    break
-                last = now
+            await quiet(st)
             return sim, st.summary()
         finally:
             await st.stop()
@@ -125,12 +128,7 @@ def test_a_base_that_crashed_and_restarted_counts_no_false_loss(tmp_path):
         try:
             await asyncio.sleep(2.0)
             sim = await fleet.stop()
-            last, deadline = None, time.monotonic() + 10
-            while time.monotonic() < deadline:
-                await asyncio.sleep(0.2)
-                if st.counters["datagrams"] == last:
-                    break
-                last = st.counters["datagrams"]
+            await quiet(st)
             return seen, sim, st.summary()
         finally:
             await st.stop()
@@ -159,12 +157,7 @@ def test_a_node_flashed_again_from_scratch_is_a_new_boot_for_a_running_station()
             assert await fleet.reboot(1, forget_epoch=True) == 1
             await asyncio.sleep(1.5)
             sim = await fleet.stop()
-            last, deadline = None, time.monotonic() + 10
-            while time.monotonic() < deadline:
-                await asyncio.sleep(0.2)
-                if st.counters["datagrams"] == last:
-                    break
-                last = st.counters["datagrams"]
+            await quiet(st)
             return sim, st.summary()
         finally:
             await st.stop()
